@@ -155,9 +155,7 @@ class Settings(BaseModel):
     idempotency_ttl_seconds: int = Field(
         86400, ge=60, description="How long an Idempotency-Key's first answer is replayed"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level"
-    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     @property
     def database(self) -> DatabaseTarget:
@@ -184,16 +182,25 @@ def load_settings(
             and name not in known
             and not name.startswith(_NOT_SETTINGS_PREFIXES)
         ):
-            raise ConfigError(name, env[name], f"unknown setting (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                name, env[name], f"unknown setting (known: {', '.join(sorted(known))})"
+            )
     values: dict[str, Any] = {
         field: env[_env_name(field)] for field in Settings.model_fields if _env_name(field) in env
     }
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(flags)
+
+    def source(field: str) -> str:
+        flag = f" (--{field.replace('_', '-')})" if field in flags else ""
+        return _env_name(field) + flag
+
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        raise ConfigError(_env_name(field), error.get("input"), error["msg"]) from exc
-    _ = settings.database  # parse the URL now: a bad one fails at start-up, not on first use
+        raise ConfigError(source(field), error.get("input"), error["msg"]) from exc
+    # Parse the URL now: a bad one fails at start-up, not on first use.
+    parse_db_url(settings.db_url, setting=source("db_url"))
     return settings

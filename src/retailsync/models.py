@@ -58,7 +58,9 @@ class Product(Entity):
 
 class ProductPage(Entity):
     items: list[Product]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )
 
 
 class Location(Entity):

@@ -48,7 +48,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             target = settings.database
             if not isinstance(target, ServerTarget):
                 raise ConfigError(
-                    "RETAILSYNC_DB_URL", settings.db_url, "start embedded:// through `retailsync serve`"
+                    "RETAILSYNC_DB_URL",
+                    settings.db_url,
+                    "start embedded:// through `retailsync serve`",
                 )
             database = await Database.connect(target)
             async with database.connection() as conn:
@@ -57,7 +59,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             database = db
         app.state.db = database
         app.state.keys = KeyVerifier(database, ttl=settings.api_key_cache_seconds)
-        sweeper = asyncio.create_task(_sweep_idempotency(database, settings.idempotency_ttl_seconds))
+        sweeper = asyncio.create_task(
+            _sweep_idempotency(database, settings.idempotency_ttl_seconds)
+        )
         try:
             yield
         finally:

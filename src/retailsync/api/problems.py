@@ -73,8 +73,15 @@ def _domain_error(_: Request, exc: Exception) -> Response:
     return problem(status, slug, exc.detail, headers=headers, **exc.extras())
 
 
-def _validation_error(_: Request, exc: Exception) -> Response:
+def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method in ("POST", "PUT") and media_type != "application/json":
+        return problem(
+            415,
+            "unsupported-media-type",
+            "send the body as JSON with Content-Type: application/json",
+        )
     issues = [
         {"location": [str(part) for part in e["loc"]], "message": e["msg"]} for e in exc.errors()
     ]
@@ -96,9 +103,7 @@ def _body_too_large(_: Request, exc: Exception) -> Response:
 
 def _unavailable(_: Request, exc: Exception) -> Response:
     log.warning("database unavailable: %s", exc)
-    return problem(
-        503, "unavailable", "the database is unavailable", headers={"Retry-After": "1"}
-    )
+    return problem(503, "unavailable", "the database is unavailable", headers={"Retry-After": "1"})
 
 
 def _unexpected(_: Request, exc: Exception) -> Response:

@@ -66,7 +66,14 @@ def _server_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -115,7 +122,10 @@ class EmbeddedPostgres:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -131,7 +141,9 @@ class EmbeddedPostgres:
             self.data_dir.chmod(0o700)
             running = self._running_socket_dir()
             if running is not None:
-                log.info("attaching to the embedded PostgreSQL already running in %s", self.data_dir)
+                log.info(
+                    "attaching to the embedded PostgreSQL already running in %s", self.data_dir
+                )
                 self._socket_dir = running
                 return self.dsn()
             if not (self.data_dir / "PG_VERSION").exists():
@@ -223,7 +235,7 @@ class EmbeddedPostgres:
         with self.log_path.open("ab") as server_log:
             if user is not None:
                 os.chown(self.log_path, user.pw_uid, user.pw_gid)
-            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+            self._process = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=server_log,
@@ -231,7 +243,7 @@ class EmbeddedPostgres:
                 user=user.pw_uid if user else None,
                 group=user.pw_gid if user else None,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
-                preexec_fn=lambda: _set_parent_death_signal(parent),  # noqa: PLW1509
+                preexec_fn=lambda: _set_parent_death_signal(parent),
             )
         self._socket_dir = socket_dir
         self._wait_ready()

@@ -30,7 +30,9 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 ORDERS = Counter("retailsync_orders_total", "Orders placed, by channel", ["channel"])
-UNITS_SOLD = Counter("retailsync_units_sold_total", "Units in placed orders, by channel", ["channel"])
+UNITS_SOLD = Counter(
+    "retailsync_units_sold_total", "Units in placed orders, by channel", ["channel"]
+)
 REJECTIONS = Counter(
     "retailsync_rejections_total",
     "Requests refused by the domain or by validation, by problem type",

@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from retailsync.db.database import Connection
-from retailsync.errors import CartNotOpen, Refused, NotFound
+from retailsync.errors import CartNotOpen, NotFound, Refused
 from retailsync.models import Cart, CartLine
 from retailsync.services.locations import require_region
 from retailsync.services.versioned import check_expected, require_row
@@ -21,9 +21,7 @@ async def create_cart(
     conn: Connection, *, customer_id: str, region: str, currency: str | None = None
 ) -> Cart:
     await require_region(conn, region)
-    await conn.execute(
-        "INSERT INTO customers (id) VALUES ($1) ON CONFLICT DO NOTHING", customer_id
-    )
+    await conn.execute("INSERT INTO customers (id) VALUES ($1) ON CONFLICT DO NOTHING", customer_id)
     cart_id: UUID = await conn.fetchval(
         "INSERT INTO carts (customer_id, region, currency) VALUES ($1, $2, $3) RETURNING id",
         customer_id,

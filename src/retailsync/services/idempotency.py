@@ -62,9 +62,7 @@ async def claim(
     return StoredAnswer(row["status_code"], row["body"], row["etag"])
 
 
-async def record(
-    conn: Connection, api_key_id: UUID, key: str, answer: StoredAnswer
-) -> None:
+async def record(conn: Connection, api_key_id: UUID, key: str, answer: StoredAnswer) -> None:
     await conn.execute(
         "UPDATE idempotency_keys SET status_code = $3, body = $4, etag = $5 "
         "WHERE api_key_id = $1 AND key = $2",

@@ -237,13 +237,15 @@ async def change_status(
     channel: str,
     expected_version: int | None = None,
 ) -> Order:
-    row = await conn.fetchrow("SELECT status, version FROM orders WHERE id = $1 FOR UPDATE", order_id)
+    row = await conn.fetchrow(
+        "SELECT status, version FROM orders WHERE id = $1 FOR UPDATE", order_id
+    )
     if row is None:
         raise NotFound("order", str(order_id))
     check_expected("order", {"id": order_id}, expected_version, row["version"])
     current = OrderStatus(row["status"])
     if status not in TRANSITIONS[current]:
-        raise InvalidTransition(str(order_id), current, status)
+        raise InvalidTransition(str(order_id), current.value, status.value)
     if status in (OrderStatus.CANCELLED, OrderStatus.SHIPPED):
         await _settle_reservations(conn, order_id, ship=status is OrderStatus.SHIPPED)
     await conn.execute("UPDATE orders SET status = $2 WHERE id = $1", order_id, status)

@@ -47,7 +47,5 @@ async def set_price(
 
 async def get_prices(conn: Connection, sku: str) -> list[Price]:
     await require_row(conn, table="products", kind="product", key={"sku": sku})
-    rows = await conn.fetch(
-        "SELECT * FROM prices WHERE sku = $1 ORDER BY region, currency", sku
-    )
+    rows = await conn.fetch("SELECT * FROM prices WHERE sku = $1 ORDER BY region, currency", sku)
     return [_price(row) for row in rows]

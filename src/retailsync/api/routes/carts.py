@@ -61,9 +61,7 @@ async def set_line(
 
 
 @router.delete("/v1/carts/{cart_id}/lines/{sku}", response_model=Cart)
-async def remove_line(
-    request: Request, cart_id: UUID, sku: SkuPath, principal: Seller
-) -> Response:
+async def remove_line(request: Request, cart_id: UUID, sku: SkuPath, principal: Seller) -> Response:
     expected = if_match(request)
 
     async def work(conn: Connection) -> Reply:

@@ -1,0 +1,285 @@
+"""The ``retailsync`` command: serve, demo, seed, db migrate, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn, TypeVar
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from retailsync.config import ENV_PREFIX, ServerTarget, Settings, load_settings
+from retailsync.db.database import Database
+from retailsync.db.migrate import migrate
+from retailsync.db.target import running_server
+from retailsync.errors import RetailsyncError
+from retailsync.models import Channel
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="retailsync: retail data kept consistent across channels and regions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for the channels.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+out = Console()
+
+
+class _Global:
+    overrides: dict[str, Any] = {}
+
+
+@app.callback()
+def _options(
+    db_url: Annotated[
+        str | None,
+        typer.Option(help="Database URL (RETAILSYNC_DB_URL): embedded://PATH or postgresql://..."),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error (RETAILSYNC_LOG_LEVEL)")
+    ] = None,
+) -> None:
+    _Global.overrides = {"db_url": db_url, "log_level": log_level}
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings(**flags: Any) -> Settings:
+    try:
+        settings = load_settings({**_Global.overrides, **flags})
+    except RetailsyncError as exc:
+        _fail(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+    )
+    return settings
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _server(settings: Settings) -> Iterator[ServerTarget]:
+    """The database server for this command, with SIGTERM turned into a clean exit so an
+    embedded server we started is stopped on the way out."""
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+    try:
+        with running_server(settings.database) as target:
+            yield target
+    except RetailsyncError as exc:
+        _fail(str(exc), code=1)
+
+
+def _with_database(target: ServerTarget, job: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        db = await Database.connect(target)
+        try:
+            async with db.connection() as conn:
+                await migrate(conn)
+            return await job(db)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except RetailsyncError as exc:
+        _fail(str(exc), code=1)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations (idempotent)."""
+    settings = _settings()
+    with _server(settings) as target:
+
+        async def job(db: Database) -> list[str]:
+            async with db.connection() as conn:
+                versions = await conn.fetch(
+                    "SELECT version, name FROM schema_migrations ORDER BY 1"
+                )
+            return [f"{row['version']:04d}_{row['name']}" for row in versions]
+
+        applied = _with_database(target, job)
+    out.print(f"schema is current: {', '.join(applied)}")
+
+
+@keys_app.command("create")
+def keys_create(
+    channel: Annotated[Channel, typer.Option(help="The channel the key acts for")],
+    label: Annotated[str, typer.Option(help="A note to tell keys apart (200 characters)")] = "",
+) -> None:
+    """Create an API key. The key is printed alone on the last line, once."""
+    from retailsync.services.keys import create_key
+
+    if len(label) > 200:
+        _fail("--label is longer than 200 characters")
+    settings = _settings()
+    with _server(settings) as target:
+
+        async def job(db: Database) -> tuple[UUID, str]:
+            async with db.transaction() as conn:
+                key, secret = await create_key(conn, channel, label=label)
+            return key.id, secret
+
+        key_id, secret = _with_database(target, job)
+    err.print(f"created {channel} key {key_id}; store it now, it is not shown again")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never their secrets)."""
+    from retailsync.models import ApiKey
+    from retailsync.services.keys import list_keys
+
+    settings = _settings()
+    with _server(settings) as target:
+
+        async def job(db: Database) -> list[ApiKey]:
+            async with db.connection() as conn:
+                return await list_keys(conn)
+
+        keys = _with_database(target, job)
+    table = Table("id", "channel", "label", "created", "revoked")
+    for key in keys:
+        table.add_row(
+            str(key.id),
+            key.channel,
+            key.label,
+            f"{key.created_at:%Y-%m-%d %H:%M}",
+            f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[UUID, typer.Argument(help="The key's id (from keys list)")],
+) -> None:
+    """Revoke a key. Workers that verified it recently trust it for at most
+    RETAILSYNC_API_KEY_CACHE_SECONDS more."""
+    from retailsync.services.keys import revoke_key
+
+    settings = _settings()
+    with _server(settings) as target:
+
+        async def job(db: Database) -> None:
+            async with db.transaction() as conn:
+                await revoke_key(conn, key_id)
+
+        _with_database(target, job)
+    out.print(f"revoked {key_id}")
+
+
+@app.command()
+def seed(
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data")] = 7,
+    products: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many products")] = 10_000,
+) -> None:
+    """Load a realistic catalog: products in a category tree, 3 regions with 2 locations each,
+    prices and stock. Re-running updates the catalog and prices; stock rows that exist are left
+    as they are."""
+    from retailsync.seed import SeedPlan, load_seed
+
+    settings = _settings()
+    with _server(settings) as target:
+        summary = _with_database(
+            target, lambda db: load_seed(db, SeedPlan(seed=seed, products=products), console=err)
+        )
+    out.print(summary)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (RETAILSYNC_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (RETAILSYNC_PORT)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (RETAILSYNC_WORKERS)")
+    ] = None,
+) -> None:
+    """Serve the HTTP API. Applies pending migrations first."""
+    import uvicorn
+
+    from retailsync.api.app import create_app
+
+    settings = _settings(host=host, port=port, workers=workers)
+    with _server(settings) as target:
+        _with_database(target, _nothing)  # migrations, once, before any worker starts
+        settings = settings.model_copy(update={"db_url": _db_url_for_workers(settings, target)})
+        log_level = settings.log_level
+        if settings.workers == 1:
+            uvicorn.run(
+                create_app(settings), host=settings.host, port=settings.port, log_level=log_level
+            )
+            return
+        for name, value in settings.model_dump().items():  # workers read settings from env
+            os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        with tempfile.TemporaryDirectory(prefix="retailsync-metrics-") as metrics_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            uvicorn.run(
+                "retailsync.api.app:app_from_environment",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_level=log_level,
+            )
+
+
+async def _nothing(_: Database) -> None:
+    return None
+
+
+def _db_url_for_workers(settings: Settings, target: ServerTarget) -> str:
+    """Workers connect to the server directly; an embedded one is owned by this process."""
+    return settings.db_url if settings.db_url.startswith("postgres") else target.dsn
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float, typer.Option(min=1, max=3600, help="Seconds of mixed traffic")
+    ] = 20.0,
+    products: Annotated[int, typer.Option(min=100, max=1_000_000, help="Catalog size")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed for data and traffic")] = 7,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="API worker processes")] = 1,
+) -> None:
+    """The main job: start everything, seed, run web, mobile, POS and warehouse clients over
+    real HTTP, and report what happened."""
+    from retailsync.demo.run import DemoPlan, run_demo
+
+    settings = _settings()
+    with _server(settings) as target:
+        plan = DemoPlan(duration=duration, products=products, seed=seed, workers=workers)
+        report = _with_database(target, lambda db: run_demo(db, target, plan, console=err))
+    report.print(out)
+    if report.oversold_units:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
