@@ -65,9 +65,12 @@ def sku_for(index: int) -> str:
     return f"SKU-{index:06d}"
 
 
+Row = tuple[object, ...]
+
+
 def _rows(
     plan: SeedPlan,
-) -> Iterator[tuple[tuple[object, ...], list[tuple[object, ...]], list[tuple[object, ...]]]]:
+) -> Iterator[tuple[Row, list[Row], list[Row]]]:
     """Per product: its row, its price rows and its stock rows."""
     rng = random.Random(plan.seed)
     cats = categories()
@@ -82,13 +85,13 @@ def _rows(
             "rating": round(rng.uniform(1.0, 5.0), 1),
             "weight_g": rng.randint(50, 5000),
         }
-        product = (sku, title, rng.choice(cats), json.dumps(attributes))
+        product: Row = (sku, title, rng.choice(cats), json.dumps(attributes))
         base = rng.randint(199, 49_999)
-        prices = [
+        prices: list[Row] = [
             (sku, region, currency, round(base * REGION_PRICE_FACTOR[region]))
             for region, currency in REGIONS.items()
         ]
-        stock = []
+        stock: list[Row] = []
         for location_id, _, _ in places:
             roll = rng.random()
             on_hand = (
@@ -107,9 +110,9 @@ async def _stage(conn: Connection, plan: SeedPlan, progress: Progress) -> None:
         "CREATE TEMP TABLE seed_stock (sku text, location text, on_hand bigint) ON COMMIT DROP"
     )
     task = progress.add_task("generating catalog", total=plan.products)
-    products: list[tuple[object, ...]] = []
-    prices: list[tuple[object, ...]] = []
-    stock: list[tuple[object, ...]] = []
+    products: list[Row] = []
+    prices: list[Row] = []
+    stock: list[Row] = []
     for product, product_prices, product_stock in _rows(plan):
         products.append(product)
         prices.extend(product_prices)

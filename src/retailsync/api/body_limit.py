@@ -22,7 +22,9 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
                 too_large = BodyTooLarge(self.limit)
-                response = problem(413, "payload-too-large", str(too_large), limit_bytes=self.limit)
+                response = problem(
+                    413, "payload-too-large", too_large.detail, limit_bytes=self.limit
+                )
                 await response(scope, receive, send)
                 return
         seen = 0

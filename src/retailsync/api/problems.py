@@ -38,10 +38,13 @@ _DOMAIN: Mapping[type[errors.DomainError], tuple[int, str]] = {
 }
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI's body reader passes it through instead of turning
+    every error while reading into a 400."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        super().__init__(f"request body larger than {limit} bytes")
+        super().__init__(413, f"request body larger than {limit} bytes")
 
 
 def problem(
@@ -92,13 +95,10 @@ def _validation_error(request: Request, exc: Exception) -> Response:
 
 def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if isinstance(exc, BodyTooLarge):
+        return problem(413, "payload-too-large", exc.detail, limit_bytes=exc.limit)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
     return problem(exc.status_code, slug, str(exc.detail), headers=exc.headers)
-
-
-def _body_too_large(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BodyTooLarge)
-    return problem(413, "payload-too-large", str(exc), limit_bytes=exc.limit)
 
 
 def _unavailable(_: Request, exc: Exception) -> Response:
@@ -115,6 +115,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.add_exception_handler(errors.DatabaseUnavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

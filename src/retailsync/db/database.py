@@ -62,7 +62,8 @@ class Database:
         """A connection outside any explicit transaction (each statement commits alone)."""
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                # The pool hands out a proxy that behaves as the connection it wraps.
+                yield conn  # type: ignore[misc]
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
 

@@ -217,7 +217,7 @@ async def _settle_reservations(conn: Connection, order_id: UUID, *, ship: bool) 
             "INSERT INTO stock_movements (sku, location, delta, kind, reason) "
             "SELECT sku, location, -quantity, 'shipment', 'order ' || $1::text "
             "FROM unnest($2::text[], $3::text[], $4::int[]) AS a(sku, location, quantity)",
-            order_id,
+            str(order_id),
             skus,
             locations,
             quantities,

@@ -72,7 +72,8 @@ async def _move(
         )
         if row is None:
             level = await conn.fetchrow(
-                "SELECT on_hand - reserved AS available FROM stock WHERE sku = $1 AND location = $2",
+                "SELECT on_hand - reserved AS available FROM stock "
+                "WHERE sku = $1 AND location = $2",
                 sku,
                 location,
             )

@@ -1,0 +1,5 @@
+"""``python -m retailsync``: the same command as the ``retailsync`` script."""
+
+from retailsync.cli import main
+
+main()

@@ -1,0 +1,157 @@
+"""Real processes: clean shutdown of the embedded server, reuse of its data folder, durability
+of acknowledged writes across kill -9, multi-worker serving, and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import Serve, cli, postgres_pids, wait_for
+
+
+def _create_key(db_url: str, channel: str) -> str:
+    result = cli("--db-url", db_url, "keys", "create", "--channel", channel)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _client(base_url: str, key: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"})
+
+
+def _add_location(client: httpx.Client) -> None:
+    body = {"region": "eu", "kind": "warehouse"}
+    assert client.put("/v1/locations/eu-dc1", json=body).status_code in (200, 201)
+
+
+class TestEmbeddedLifecycle:
+    """The embedded server starts with the service and stops with it, whatever the signal."""
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+    def test_signal_stops_everything(self, tmp_path: Path, signum: int) -> None:
+        data_dir = tmp_path / "pg"
+        with Serve(f"embedded://{data_dir}") as server:
+            assert postgres_pids(data_dir), "the embedded server should be running"
+            server.signal(signum)
+        assert wait_for(lambda: not postgres_pids(data_dir), timeout=15), "orphan postgres"
+
+    def test_second_start_reuses_the_folder(self, tmp_path: Path) -> None:
+        data_dir = tmp_path / "pg"
+        url = f"embedded://{data_dir}"
+        with Serve(url) as server:
+            # A CLI command on the same folder joins the running server instead of starting one.
+            key = _create_key(url, "admin")
+            assert postgres_pids(data_dir), "the CLI must not have stopped the shared server"
+            with _client(server.base_url, key) as client:
+                body = {"title": "Kept", "category": "toys"}
+                assert client.put("/v1/products/KEEP-1", json=body).status_code == 201
+        assert wait_for(lambda: not postgres_pids(data_dir), timeout=15)
+        with Serve(url) as server, _client(server.base_url, key) as client:
+            assert client.get("/v1/products/KEEP-1").json()["title"] == "Kept"
+
+    def test_acknowledged_writes_survive_kill_9(self, tmp_path: Path) -> None:
+        data_dir = tmp_path / "pg"
+        url = f"embedded://{data_dir}"
+        with Serve(url) as server:
+            key = _create_key(url, "admin")
+            acknowledged = []
+            with _client(server.base_url, key) as client:
+                _add_location(client)
+                for index in range(40):
+                    sku = f"DUR-{index}"
+                    product = {"title": sku, "category": "toys"}
+                    assert client.put(f"/v1/products/{sku}", json=product).status_code == 201
+                    receipt = {"quantity": index + 1}
+                    stock = client.post(f"/v1/stock/{sku}/eu-dc1/receipts", json=receipt)
+                    assert stock.status_code == 200
+                    acknowledged.append((sku, index + 1))
+            server.kill()  # SIGKILL: no chance to clean up
+            # The kernel's parent-death signal still stops the embedded server: no orphan.
+            assert wait_for(lambda: not postgres_pids(data_dir), timeout=15), "orphan postgres"
+        with Serve(url) as server, _client(server.base_url, key) as client:
+            for sku, quantity in acknowledged:
+                assert client.get(f"/v1/stock/{sku}").json()["available"] == quantity
+
+
+class TestServe:
+    """Several worker processes serve one database; metrics aggregate across them."""
+
+    def test_two_workers(self, database_dsn: str) -> None:
+        key = _create_key(database_dsn, "admin")
+        with Serve(database_dsn, workers=2) as server, _client(server.base_url, key) as client:
+            _add_location(client)
+            for _ in range(20):
+                assert client.get("/v1/locations").status_code == 200
+            metrics = client.get("/metrics").text
+            prefix = 'retailsync_http_requests_total{method="GET",route="/v1/locations"'
+            line = next(line for line in metrics.splitlines() if line.startswith(prefix))
+            assert float(line.rsplit(" ", 1)[1]) == 20.0
+            assert client.get("/openapi.json").status_code == 200
+
+
+class TestCli:
+    """The CLI prints what scripts need and refuses bad flags clearly."""
+
+    def test_keys_create_prints_the_key_last(self, database_dsn: str) -> None:
+        args = ["keys", "create", "--channel", "pos", "--label", "till 4"]
+        result = cli("--db-url", database_dsn, *args)
+        assert result.returncode == 0
+        key = result.stdout.strip().splitlines()[-1]
+        assert key.startswith("rs_")
+        assert " " not in key
+        listed = cli("--db-url", database_dsn, "keys", "list")
+        assert "till 4" in listed.stdout
+        assert key not in listed.stdout
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["keys", "create", "--channel", "fax"], "fax"),
+            (["--db-url", "mysql://x/y", "db", "migrate"], "RETAILSYNC_DB_URL"),
+            (["serve", "--port", "99999"], "RETAILSYNC_PORT (--port)"),
+            (["seed", "--products", "0"], "--products"),
+        ],
+    )
+    def test_bad_flags_exit_2_with_a_message(self, args: list[str], message: str) -> None:
+        result = cli(*args)
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_seed_is_deterministic_and_idempotent(self, database_dsn: str) -> None:
+        def catalog_digest() -> str:
+            import asyncio
+
+            import asyncpg
+
+            async def read() -> str:
+                conn = await asyncpg.connect(database_dsn)
+                rows = await conn.fetch(
+                    "SELECT p.sku, p.title, p.category, p.attributes::text, p.version, "
+                    "(SELECT string_agg(region || currency || amount_minor, ',' ORDER BY region) "
+                    " FROM prices WHERE sku = p.sku) FROM products p ORDER BY sku"
+                )
+                await conn.close()
+                return hashlib.sha256(repr([tuple(r) for r in rows]).encode()).hexdigest()
+
+            return asyncio.run(read())
+
+        first = cli("--db-url", database_dsn, "seed", "--products", "300", "--seed", "3")
+        assert first.returncode == 0, first.stderr
+        assert "seeded 300 products" in first.stdout
+        digest = catalog_digest()
+        again = cli("--db-url", database_dsn, "seed", "--products", "300", "--seed", "3")
+        assert again.returncode == 0
+        assert catalog_digest() == digest  # same data, and no version bumped
+        other = cli("--db-url", database_dsn, "seed", "--products", "300", "--seed", "4")
+        assert other.returncode == 0
+        assert catalog_digest() != digest
+
+    def test_db_migrate_reports_current_schema(self, database_dsn: str) -> None:
+        result = cli("--db-url", database_dsn, "db", "migrate")
+        assert result.returncode == 0
+        assert "0001_system_of_record" in result.stdout
