@@ -155,3 +155,38 @@ class TestCli:
         result = cli("--db-url", database_dsn, "db", "migrate")
         assert result.returncode == 0
         assert "0001_system_of_record" in result.stdout
+
+
+class TestDatabaseDown:
+    """When PostgreSQL goes away, the API answers 503 problems instead of hanging or crashing."""
+
+    async def test_503_when_the_database_stops(self, tmp_path: Path) -> None:
+        from retailsync.api.app import create_app
+        from retailsync.config import ServerTarget, load_settings
+        from retailsync.db.database import Database
+        from retailsync.db.embedded import EmbeddedPostgres
+
+        server = EmbeddedPostgres(tmp_path / "pg")
+        dsn = server.start()
+        try:
+            target = ServerTarget(dsn=dsn, pool_min=0, pool_max=2, command_timeout=5.0)
+            db = await Database.connect(target)
+            app = create_app(load_settings({"db_url": dsn}, environ={}), db=db)
+            transport = httpx.ASGITransport(app=app)
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+            ):
+                assert (await client.get("/healthz")).status_code == 200
+                server.stop()
+                health = await client.get("/healthz")
+                assert health.status_code == 503
+                response = await client.get(
+                    "/v1/products/X", headers={"Authorization": "Bearer rs_x"}
+                )
+                assert response.status_code == 503
+                assert response.json()["type"] == "urn:retailsync:problem:unavailable"
+                assert response.headers["retry-after"] == "1"
+            await db.close()
+        finally:
+            server.stop()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, ClassVar, NoReturn, TypeVar
@@ -18,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from retailsync.config import ENV_PREFIX, ServerTarget, Settings, load_settings
+from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.db.database import Database
 from retailsync.db.migrate import migrate
 from retailsync.db.target import running_server
@@ -72,6 +70,9 @@ def _settings(**flags: Any) -> Settings:
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False)],
     )
+    if settings.log_level != "debug":
+        # httpx logs every request at INFO: thousands of lines in the demo, and CPU.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     return settings
 
 
@@ -92,7 +93,14 @@ def _server(settings: Settings) -> Iterator[ServerTarget]:
 
 
 def _with_database(target: ServerTarget, job: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``job`` on a migrated database. SIGTERM cancels the job as a task rather than
+    raising wherever the loop happens to be, so its cleanups (a child server, the pool) run in
+    order before the embedded PostgreSQL is stopped."""
+
     async def run() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         db = await Database.connect(target)
         try:
             async with db.connection() as conn:
@@ -103,8 +111,12 @@ def _with_database(target: ServerTarget, job: Callable[[Database], Awaitable[T]]
 
     try:
         return asyncio.run(run())
+    except asyncio.CancelledError:
+        raise SystemExit(128 + signal.SIGTERM) from None
     except RetailsyncError as exc:
         _fail(str(exc), code=1)
+    finally:
+        signal.signal(signal.SIGTERM, _raise_system_exit)  # the loop's handler went with it
 
 
 @db_app.command("migrate")
@@ -219,32 +231,16 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the HTTP API. Applies pending migrations first."""
-    import uvicorn
-
-    from retailsync.api.app import create_app
+    from retailsync.api.serving import run_server
 
     settings = _settings(host=host, port=port, workers=workers)
     with _server(settings) as target:
-        _with_database(target, _nothing)  # migrations, once, before any worker starts
+        _with_database(target, _nothing)  # applies migrations, once, before any worker starts
         settings = settings.model_copy(update={"db_url": _db_url_for_workers(settings, target)})
-        log_level = settings.log_level
-        if settings.workers == 1:
-            uvicorn.run(
-                create_app(settings), host=settings.host, port=settings.port, log_level=log_level
-            )
-            return
-        for name, value in settings.model_dump().items():  # workers read settings from env
-            os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-        with tempfile.TemporaryDirectory(prefix="retailsync-metrics-") as metrics_dir:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-            uvicorn.run(
-                "retailsync.api.app:app_from_environment",
-                factory=True,
-                host=settings.host,
-                port=settings.port,
-                workers=settings.workers,
-                log_level=log_level,
-            )
+        try:
+            run_server(settings)
+        except RetailsyncError as exc:
+            _fail(str(exc), code=1)
 
 
 async def _nothing(_: Database) -> None:

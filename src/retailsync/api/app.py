@@ -1,5 +1,6 @@
 """The ASGI application: routes, error documents, middlewares, and the lifespan that opens the
-database pool, applies pending migrations and sweeps expired idempotency answers."""
+database pool and sweeps expired idempotency answers. Migrations are applied by
+`retailsync serve` once, before any worker starts, so a failure is reported once and clearly."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from retailsync.api.body_limit import BodyLimit
 from retailsync.api.routes import carts, locations, orders, prices, products, stock
 from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.db.database import Database
-from retailsync.db.migrate import migrate
 from retailsync.errors import ConfigError
 from retailsync.observe.metrics import HttpMetrics, exposition
 from retailsync.services.idempotency import forget_expired
@@ -53,8 +53,6 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
                     "start embedded:// through `retailsync serve`",
                 )
             database = await Database.connect(target)
-            async with database.connection() as conn:
-                await migrate(conn)
         else:
             database = db
         app.state.db = database

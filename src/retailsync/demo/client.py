@@ -80,16 +80,17 @@ class Api:
         *,
         body: dict[str, Any] | None = None,
         params: dict[str, str | int] | None = None,
-        if_match: int | None = None,
+        if_match: str | None = None,
         idempotency_key: str | None = None,
     ) -> httpx.Response:
         """Send a request and return its 2xx answer; raise Rejected for a refusal,
-        httpx.TransportError when no answer came, TrafficOver once the run is over."""
+        httpx.TransportError when no answer came, TrafficOver once the run is over.
+        ``if_match``: an entity tag as the server sent it, e.g. ``"7"``."""
         if time.monotonic() >= self._deadline:
             raise TrafficOver
         headers: dict[str, str] = {}
         if if_match is not None:
-            headers["If-Match"] = f'"{if_match}"'
+            headers["If-Match"] = if_match
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         attempts = _IDEMPOTENT_ATTEMPTS if idempotency_key is not None else 1

@@ -8,60 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
 from retailsync.errors import RetailsyncError
+from retailsync.process import die_with_parent, free_port, log_tail
 
 _HOST = "127.0.0.1"
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
-_PR_SET_PDEATHSIG = 1
 
 
 class DemoError(RetailsyncError):
     """The demo could not run (the API server failed, or refused the setup)."""
 
 
-def free_port() -> int:
-    """A port nothing listens on now. Another process could take it before the server binds
-    it; on a demo machine that race is rare enough, and the server would fail clearly."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((_HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _die_with(parent: int) -> Callable[[], None] | None:
-    """Linux only: the kernel sends the server SIGTERM if this process dies, even by kill -9,
-    so no server outlives a demo. Runs in the child between fork and exec."""
-    if sys.platform != "linux":
-        return None
-
-    def set_death_signal() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return set_death_signal
-
-
 class ApiServer:
     """``retailsync serve`` against ``dsn``; a context manager that always stops it."""
 
     def __init__(self, dsn: str, *, workers: int) -> None:
-        self.port = free_port()
+        self.port = free_port(_HOST)
         self.url = f"http://{_HOST}:{self.port}"
         self._args = [
             sys.executable,
@@ -95,7 +68,8 @@ class ApiServer:
                 stderr=subprocess.STDOUT,
                 # Its own session: a terminal's Ctrl-C reaches only us, and we stop it in order.
                 start_new_session=True,
-                preexec_fn=_die_with(os.getpid()),
+                # No server outlives a demo, even one killed with kill -9.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         return self
 
@@ -123,22 +97,27 @@ class ApiServer:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            self._forget_empty_log()
+
+    def _forget_empty_log(self) -> None:
+        """An empty log (the server logs warnings and errors only) is not worth keeping."""
+        if self.log_path is not None and self.log_path.stat().st_size == 0:
+            self.log_path.unlink()
+            self.log_path = None
 
     def exit_code(self) -> int | None:
         """None while the server runs."""
         return None if self._process is None else self._process.poll()
 
     def log_tail(self, lines: int = 20) -> str:
-        if self.log_path is None:
-            return "(no log)"
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(cannot read {self.log_path}: {exc})"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+        """The last lines the server logged; empty if it logged nothing."""
+        return "" if self.log_path is None else log_tail(self.log_path, lines)
 
     def failure(self, what: str) -> DemoError:
-        return DemoError(f"{what}; last lines of {self.log_path}:\n{self.log_tail()}")
+        tail = self.log_tail()
+        if not tail:
+            return DemoError(f"{what}; it logged nothing")
+        return DemoError(f"{what}; last lines of {self.log_path}:\n{tail}")
 
     async def wait_ready(self) -> None:
         """Until GET /healthz answers 200 (the server is up and reaches the database)."""

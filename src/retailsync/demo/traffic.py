@@ -1,9 +1,9 @@
 """What each kind of simulated client does, and the ledger of what the server acknowledged.
 
 Each client runs its own loop of errands (a shopping visit, a store sale, a shipment, a price
-edit) with its own ``random.Random(seed + index)``, so a seed replays the same decisions;
-only the interleaving, decided by the server's timing, differs between runs. A refused or
-failed errand is abandoned, as a person would, and the client moves on to the next one.
+edit) with its own ``random.Random(seed + index)``, so the same seed makes the same choices
+given the same answers; the interleaving, and so some answers, depend on the server's timing.
+A refused or failed errand is abandoned, as a person would, and the client moves on.
 
 The ledger records only what the server acknowledged, keyed so that a replayed answer (same
 order id, same Idempotency-Key) counts once: it is the client-side evidence the report checks
@@ -16,7 +16,7 @@ import asyncio
 import random
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -35,7 +35,7 @@ FLASH_LOCATIONS = tuple(loc for loc, region in LOCATION_REGION.items() if region
 
 _DOORBUSTER_SHARE = 0.5  # of the carts in the flash region
 _CANCEL_SHARE = 0.1  # of placed web and mobile orders
-_DOORBUSTER_RESTOCK_SHARE = 0.08  # of warehouse receipts
+_DOORBUSTER_RESTOCK_SHARE = 0.03  # of warehouse receipts
 _RECEIPT_RETRY_SHARE = 0.3  # of receipts, sent a second time with the same Idempotency-Key
 _DOUBLE_EDIT_SHARE = 0.35  # of price edits, made by two merchandisers at once
 _PROMOTED_SKUS = 6  # the few prices merchandisers keep editing
@@ -130,7 +130,8 @@ def _available(level: Mapping[str, Any], region: str) -> int:
 
 
 def _random_sku(rng: random.Random, world: World) -> str:
-    """Any product but the doorbuster, whose supply the flash-sale check accounts for."""
+    """Any product but the doorbuster, whose stock must change only in ways the flash-sale
+    ledger counts."""
     return sku_for(rng.randint(2, world.products))
 
 
@@ -307,7 +308,7 @@ async def _pos_terminal(world: World, index: int, channel: Channel) -> None:
 async def _receive(api: Api, rng: random.Random, world: World) -> None:
     if rng.random() < _DOORBUSTER_RESTOCK_SHARE:
         # A few more doorbusters turn up mid-sale; they add to the supply the check allows.
-        receipt = Receipt(DOORBUSTER, rng.choice(FLASH_LOCATIONS), rng.randint(2, 4))
+        receipt = Receipt(DOORBUSTER, rng.choice(FLASH_LOCATIONS), rng.randint(1, 3))
     else:
         location = rng.choice(list(LOCATION_REGION))
         receipt = Receipt(_random_sku(rng, world), location, rng.randint(6, 48))
@@ -319,8 +320,8 @@ async def _receive(api: Api, rng: random.Random, world: World) -> None:
     if rng.random() < _RECEIPT_RETRY_SHARE:
         # The scanner lost the answer and sends the receipt again with the same key: the server
         # must answer with the first result and not add the goods twice.
-        world.ledger.receipt_retries += 1
         again = await api.call("POST", path, body=body, idempotency_key=key)
+        world.ledger.receipt_retries += 1  # counted once answered, like the replays
         if again.headers.get("idempotent-replayed") == "true" and again.json() == first.json():
             world.ledger.receipt_replays += 1
 
@@ -345,9 +346,9 @@ async def _warehouse(world: World, index: int, channel: Channel) -> None:
     async with world.session(channel) as api:
         while not world.over():
             try:
-                order_id = await asyncio.wait_for(world.paid.get(), timeout=0.05)
-            except TimeoutError:
-                pass  # nothing to pick: the wait paced this round
+                order_id = world.paid.get_nowait()
+            except asyncio.QueueEmpty:
+                await asyncio.sleep(0.05)  # nothing to pick yet
             else:
                 await _attempt(_ship(api, world, order_id, in_transit))
             if in_transit and (len(in_transit) > 3 or rng.random() < 0.2):
@@ -365,14 +366,15 @@ async def _read_price(api: Api, sku: str, region: str) -> Mapping[str, Any] | No
     return next((p for p in prices if p["region"] == region and p["currency"] == currency), None)
 
 
-async def _edit_price(
-    api: Api, world: World, seen: Mapping[str, Any], factor: float
-) -> None:
+async def _edit_price(api: Api, world: World, seen: Mapping[str, Any], factor: float) -> None:
     """Scale the price the merchandiser saw, naming its version. If someone saved first (412),
     look at their price and apply the change to it instead, once."""
     sku, region = seen["sku"], seen["region"]
     for last_try in (False, True):
-        body = {"currency": seen["currency"], "amount_minor": max(1, round(seen["amount_minor"] * factor))}
+        body = {
+            "currency": seen["currency"],
+            "amount_minor": max(1, round(seen["amount_minor"] * factor)),
+        }
         try:
             await api.call(
                 "PUT", f"/v1/prices/{sku}/{region}", body=body, if_match=f'"{seen["version"]}"'
@@ -381,7 +383,9 @@ async def _edit_price(
             if exc.reason != "version-conflict":
                 raise
             world.ledger.price_conflicts += 1
-            fresh = None if last_try else await _read_price(api, sku, region)
+            if last_try:
+                return  # beaten twice in a row: leave the price to the other merchandiser
+            fresh = await _read_price(api, sku, region)
             if fresh is None:
                 return
             seen = fresh
@@ -393,7 +397,7 @@ async def _edit_price(
 async def _reprice(api: Api, rng: random.Random, world: World) -> None:
     sku = sku_for(rng.randint(2, 1 + _PROMOTED_SKUS))
     seen = await _read_price(api, sku, rng.choice(REGION_IDS))
-    if seen is None:
+    if seen is None:  # not priced in that region: nothing to edit
         return
     if rng.random() < _DOUBLE_EDIT_SHARE:
         # Two merchandisers opened the same price and save moments apart: the later write names
@@ -412,7 +416,7 @@ async def _merchandiser(world: World, index: int, channel: Channel) -> None:
             await _think(rng, 0.1, 0.3)
 
 
-Client = Callable[[World, int, Channel], Awaitable[None]]
+Client = Callable[[World, int, Channel], Coroutine[Any, Any, None]]
 CLIENT_MIX: tuple[tuple[Channel, int, Client], ...] = (
     (Channel.WEB, 8, _shopper),
     (Channel.MOBILE, 4, _shopper),

@@ -1,0 +1,49 @@
+"""Helpers for the child processes retailsync starts (the embedded PostgreSQL, the demo's API
+server): they must not outlive us, must not fight over ports, and must explain their failures."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel to send the child ``signum`` when we die, even by
+    kill -9 (Linux only; None elsewhere).
+
+    It runs in the child between fork and exec, after any uid change (which would clear it).
+    The kernel ties it to the *thread* that forked, so start children from the main thread.
+    """
+    if sys.platform != "linux":
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return set_death_signal
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now. Another process could take it before the caller binds
+    it; the caller's bind then fails clearly."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file, for error messages; never raises."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
