@@ -87,7 +87,11 @@ async def db(database_dsn: str) -> AsyncIterator[Database]:
 @pytest.fixture
 async def api(db: Database, database_dsn: str) -> AsyncIterator[Api]:
     """The real application in-process over ASGI, with one API key per channel."""
-    settings = load_settings({"db_url": database_dsn, "api_key_cache_seconds": 0}, environ={})
+    # Reconciliation is driven by the tests that exercise it, not by the background chore.
+    settings = load_settings(
+        {"db_url": database_dsn, "api_key_cache_seconds": 0, "reconcile_interval_seconds": 3600},
+        environ={},
+    )
     app = create_app(settings, db=db)
     secrets_by_channel: dict[Channel, str] = {}
     async with db.transaction() as conn:

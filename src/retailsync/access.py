@@ -17,13 +17,16 @@ class Scope(StrEnum):
     FULFIL = "fulfil"  # shipped, delivered
     STOCK_WRITE = "stock:write"  # receipts, adjustments
     CATALOG_WRITE = "catalog:write"  # products, prices, locations
+    CONFLICTS = "conflicts"  # read and resolve the conflict ledger
+    SYNC = "sync"  # exchange CRDT deltas as an offline replica
 
 
 CHANNEL_SCOPES: Mapping[Channel, frozenset[Scope]] = {
     Channel.WEB: frozenset({Scope.READ, Scope.SELL}),
-    Channel.MOBILE: frozenset({Scope.READ, Scope.SELL}),
+    # The app keeps a local replica (cart, wishlist) and syncs it when back online.
+    Channel.MOBILE: frozenset({Scope.READ, Scope.SELL, Scope.SYNC}),
     # A store sells and hands the goods over at the till.
-    Channel.POS: frozenset({Scope.READ, Scope.SELL, Scope.FULFIL}),
+    Channel.POS: frozenset({Scope.READ, Scope.SELL, Scope.FULFIL, Scope.SYNC}),
     Channel.WAREHOUSE: frozenset({Scope.READ, Scope.STOCK_WRITE, Scope.FULFIL}),
     Channel.ADMIN: frozenset(Scope),
 }

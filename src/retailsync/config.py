@@ -155,6 +155,12 @@ class Settings(BaseModel):
     idempotency_ttl_seconds: int = Field(
         86400, ge=60, description="How long an Idempotency-Key's first answer is replayed"
     )
+    max_clock_drift_ms: int = Field(
+        250, ge=0, le=60_000, description="Largest lead of a replica's HLC stamp accepted on sync"
+    )
+    reconcile_interval_seconds: float = Field(
+        5.0, ge=0.1, le=3600, description="How often queued conflicts are put to the rules"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     @property

@@ -1,5 +1,6 @@
 """The ASGI application: routes, error documents, middlewares, and the lifespan that opens the
-database pool and sweeps expired idempotency answers. Migrations are applied by
+database pool and runs the chores: sweeping expired idempotency answers, putting queued
+conflicts to the reconciliation rules. Migrations are applied by
 `retailsync serve` once, before any worker starts, so a failure is reported once and clearly."""
 
 from __future__ import annotations
@@ -7,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.responses import Response
@@ -15,26 +18,43 @@ from starlette.responses import Response
 from retailsync import __version__
 from retailsync.api import problems
 from retailsync.api.body_limit import BodyLimit
-from retailsync.api.routes import carts, locations, orders, prices, products, stock
+from retailsync.api.routes import (
+    carts,
+    conflicts,
+    locations,
+    orders,
+    prices,
+    products,
+    stock,
+    sync,
+)
 from retailsync.config import ServerTarget, Settings, load_settings
+from retailsync.conflicts.reconcile import reconcile_queued
+from retailsync.crdt import HLC
 from retailsync.db.database import Database
 from retailsync.errors import ConfigError
 from retailsync.observe.metrics import HttpMetrics, exposition
 from retailsync.services.idempotency import forget_expired
 from retailsync.services.keys import KeyVerifier
+from retailsync.sync.appliers import appliers
 
 log = logging.getLogger(__name__)
 _SWEEP_INTERVAL = 60.0
 
 
-async def _sweep_idempotency(db: Database, ttl_seconds: int) -> None:
+async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` every ``seconds`` until cancelled; a failed run is logged, the next retries."""
     while True:
-        await asyncio.sleep(_SWEEP_INTERVAL)
+        await asyncio.sleep(seconds)
         try:
-            async with db.connection() as conn:
-                await forget_expired(conn, ttl_seconds)
-        except Exception:  # a sweep failing must not end the loop; the next one retries
-            log.exception("idempotency sweep failed")
+            await job()
+        except Exception:
+            log.exception("%s failed", what)
+
+
+async def _sweep_idempotency(db: Database, ttl_seconds: int) -> None:
+    async with db.connection() as conn:
+        await forget_expired(conn, ttl_seconds)
 
 
 def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
@@ -57,15 +77,33 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             database = db
         app.state.db = database
         app.state.keys = KeyVerifier(database, ttl=settings.api_key_cache_seconds)
-        sweeper = asyncio.create_task(
-            _sweep_idempotency(database, settings.idempotency_ttl_seconds)
-        )
+        # Each worker is an HLC node of its own: decisions it stamps never tie another's.
+        hlc = HLC(f"server-{os.getpid()}", max_drift_ms=settings.max_clock_drift_ms)
+        app.state.hlc = hlc
+        chores = [
+            asyncio.create_task(
+                _every(
+                    _SWEEP_INTERVAL,
+                    "idempotency sweep",
+                    partial(_sweep_idempotency, database, settings.idempotency_ttl_seconds),
+                )
+            ),
+            asyncio.create_task(
+                _every(
+                    settings.reconcile_interval_seconds,
+                    "conflict reconciliation",
+                    partial(reconcile_queued, database, appliers(hlc)),
+                )
+            ),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for chore in chores:
+                chore.cancel()
+            for chore in chores:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chore
             if own_db:
                 await database.close()
 
@@ -76,7 +114,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (products, prices, stock, locations, carts, orders):
+    for module in (products, prices, stock, locations, carts, orders, sync, conflicts):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

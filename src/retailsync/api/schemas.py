@@ -73,3 +73,44 @@ class OrderBody(Body):
 
 class StatusBody(Body):
     status: Literal["paid", "shipped", "delivered", "cancelled"]
+
+
+class ResolveBody(Body):
+    choose: Annotated[int, Strict(), Field(ge=0, le=1000)] = Field(
+        description="Index of the version to keep, in the conflict's `versions`"
+    )
+    note: Annotated[StrictText, StringConstraints(max_length=500)] = ""
+
+
+ObjectKey = Annotated[StrictText, StringConstraints(min_length=3, max_length=200)]
+Base64State = Annotated[
+    StrictText,
+    StringConstraints(max_length=65536, pattern=r"^[A-Za-z0-9+/]*={0,2}$"),
+]
+
+
+class SyncObjectBody(Body):
+    key: ObjectKey = Field(description="<entity>.<field>:<entity key>, e.g. stock.units:SKU@LOC")
+    state: Base64State | None = Field(
+        None, description="The replica's delta or state (retailsync.crdt.codec), base64"
+    )
+
+
+class AllotBody(Body):
+    key: ObjectKey = Field(description="A stock.units object")
+    quantity: Annotated[int, Strict(), Field(ge=1, le=1_000_000)]
+
+
+class RefusalBody(Body):
+    key: ObjectKey = Field(description="The stock.units object the sale was refused on")
+    requested: Annotated[int, Strict(), Field(ge=1, le=1_000_000)]
+    available: Annotated[int, Strict(), Field(ge=0, le=1_000_000)]
+    at: Annotated[StrictText, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="The replica's HLC stamp of the refusal: a resent report is recorded once"
+    )
+
+
+class SyncBody(Body):
+    objects: Annotated[list[SyncObjectBody], Field(max_length=200)] = []
+    allot: Annotated[list[AllotBody], Field(max_length=200)] = []
+    refused: Annotated[list[RefusalBody], Field(max_length=200)] = []

@@ -38,6 +38,16 @@ REJECTIONS = Counter(
     "Requests refused by the domain or by validation, by problem type",
     ["problem"],
 )
+CONFLICTS = Counter(
+    "retailsync_conflicts_total",
+    "Conflicts met by merge policies, by kind and resolution tier",
+    ["kind", "tier"],
+)
+CONFLICT_RESOLUTIONS = Counter(
+    "retailsync_conflict_resolutions_total",
+    "Queued or manual conflicts closed, by who decided (rule name or admin)",
+    ["by"],
+)
 
 
 def record_order(channel: str, order: Order) -> None:

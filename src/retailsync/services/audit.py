@@ -4,9 +4,9 @@ Three independent checks per sku x location, each from a different table than th
 checks, so a bug that corrupted stock.on_hand or stock.reserved cannot hide itself:
 
 - on_hand equals the sum of its movements (receipts, adjustments, shipments);
-- reserved equals the open (held or committed) reservations;
-- units promised to orders (held, committed or fulfilled) never exceed the units that ever
-  came in (receipts plus adjustments): the excess, if any, is oversold.
+- reserved equals the open reservations (held, committed, or allotted to an offline replica);
+- units promised (open or fulfilled) never exceed the units that ever came in (receipts plus
+  adjustments): the excess, if any, is oversold.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ WITH moves AS (
     FROM stock_movements GROUP BY sku, location
 ), promised AS (
     SELECT sku, location,
-           sum(quantity) FILTER (WHERE state IN ('held', 'committed')) AS open,
-           sum(quantity) FILTER (WHERE state IN ('held', 'committed', 'fulfilled')) AS total
+           sum(quantity) FILTER (WHERE state IN ('held', 'committed', 'allotted')) AS open,
+           sum(quantity) FILTER (
+               WHERE state IN ('held', 'committed', 'allotted', 'fulfilled')) AS total
     FROM reservations GROUP BY sku, location
 )
 SELECT s.sku, s.location, s.on_hand, s.reserved,

@@ -34,6 +34,12 @@ async def _region_of(conn: Connection, location: str) -> str:
     return region
 
 
+async def require_stock_place(conn: Connection, sku: str, location: str) -> str:
+    """The region of ``location``, once the product and the location are known to exist."""
+    await require_row(conn, table="products", kind="product", key={"sku": sku})
+    return await _region_of(conn, location)
+
+
 async def _move(
     conn: Connection,
     sku: str,
@@ -45,8 +51,7 @@ async def _move(
     expected_version: int | None,
 ) -> StockAtLocation:
     """Add ``delta`` to on_hand, refusing to go below what is reserved."""
-    await require_row(conn, table="products", kind="product", key={"sku": sku})
-    region = await _region_of(conn, location)
+    region = await require_stock_place(conn, sku, location)
     key = {"sku": sku, "location": location}
     if expected_version is not None:
         current = await current_version(conn, table="stock", key=key, lock=True)
