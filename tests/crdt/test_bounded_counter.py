@@ -158,3 +158,33 @@ class TestEncoding:
         replicas, deltas = run(data)
         for twin in [*replicas, *deltas]:
             assert_round_trips(twin.crdt)
+
+
+class TestRows:
+    """The row view the server's authority check reads: rows only grow under merge, and a
+    state's rows describe it completely."""
+
+    @QUICK
+    @given(st.data())
+    def test_rows_grow_and_describe_the_state(self, data: st.DataObject) -> None:
+        a, b, *_ = (twin.crdt for twin in run(data)[0])
+        joined = a.copy()
+        joined.merge(b)
+        for name in NAMES:
+            assert a.row(name).within(joined.row(name))
+            assert b.row(name).within(joined.row(name))
+            row = joined.row(name)
+            received = sum(joined.row(source).moved.get(name, 0) for source in NAMES)
+            rights = row.increments + received - sum(row.moved.values()) - row.decrements
+            assert rights == joined.rights(name)
+        assert joined.writers() == a.writers() | b.writers()
+        assert {n for n in NAMES if joined.row(n) != BoundedCounter("x").row(n)} == set(
+            joined.writers()
+        )
+
+    def test_within_sees_every_total(self) -> None:
+        counter = BoundedCounter("a")
+        counter.increment(3)
+        before = counter.row("a")
+        counter.transfer(1, to="b")
+        assert before.within(counter.row("a")) and not counter.row("a").within(before)
