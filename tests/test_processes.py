@@ -4,6 +4,7 @@ of acknowledged writes across kill -9, multi-worker serving, and the CLI."""
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 from pathlib import Path
 
@@ -190,3 +191,16 @@ class TestDatabaseDown:
             await db.close()
         finally:
             server.stop()
+
+
+class TestDemo:
+    def test_a_short_demo_runs_every_channel_and_oversells_nothing(self, database_dsn: str) -> None:
+        args = ["--db-url", database_dsn, "demo", "--duration", "4", "--products", "200"]
+        result = cli(*args, env={"COLUMNS": "250"}, timeout=180)  # a table row per line
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = " ".join(result.stdout.replace("│", " ").split())
+        assert "oversold units 0 (0 in the database audit" in report
+        assert "on_hand = sum of movements ok" in report
+        offline = re.search(r"(\d+) sold offline and synced \((\d+) recorded", report)
+        assert offline is not None and offline[1] == offline[2]
+        assert "Traceback" not in result.stderr

@@ -16,14 +16,9 @@ from rich.table import Table
 from retailsync.config import ServerTarget
 from retailsync.db.database import Database
 from retailsync.demo.client import Api, Rejected, Stats
+from retailsync.demo.mix import run_traffic
 from retailsync.demo.server import ApiServer, DemoError
-from retailsync.demo.traffic import (
-    DOORBUSTER,
-    FLASH_REGION,
-    World,
-    run_traffic,
-    stage_flash_sale,
-)
+from retailsync.demo.traffic import DOORBUSTER, FLASH_REGION, World, stage_flash_sale
 from retailsync.models import Channel, OrderStatus
 from retailsync.seed import SeedPlan, load_seed
 from retailsync.services.audit import StockAudit, audit_stock
@@ -76,6 +71,17 @@ class FlashSale:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineSales:
+    """Offline tills: units allotted to them, sold by them (as their syncs acknowledged and
+    as the database recorded), and sales they refused beyond their allotments."""
+
+    allotted: int
+    sold: int
+    sold_in_db: int
+    refused: int
+
+
+@dataclass(frozen=True, slots=True)
 class DemoReport:
     seconds: float
     clients: int
@@ -95,6 +101,7 @@ class DemoReport:
     adjustments: int
     price_edits: int
     price_conflicts: int
+    offline: OfflineSales
     available_total: int
     flash: FlashSale
     audit: StockAudit
@@ -175,6 +182,12 @@ class DemoReport:
             ),
             ("stock adjustments", str(self.adjustments)),
             ("price edits", f"{self.price_edits}; {self.price_conflicts} version conflicts (412)"),
+            (
+                "offline tills",
+                f"{self.offline.allotted} units allotted; {self.offline.sold} sold offline and "
+                f"synced ({self.offline.sold_in_db} recorded in the database); "
+                f"{self.offline.refused} sales refused beyond the allotment (conflict ledger)",
+            ),
             ("available stock left", f"{self.available_total} units over all skus and locations"),
         ]
 
@@ -264,6 +277,11 @@ async def run_demo(
             receipts=await conn.fetchval(
                 "SELECT count(*) FROM stock_movements WHERE id > $1 AND kind = 'receipt'", mark
             ),
+            offline_sold=await conn.fetchval(
+                "SELECT coalesce(-sum(delta), 0) FROM stock_movements WHERE id > $1 "
+                "AND kind = 'shipment' AND reason LIKE 'sold offline by %'",
+                mark,
+            ),
         )
     return _report(world, seconds, traffic.result(), flash_start, database, audit)
 
@@ -275,6 +293,7 @@ class _DatabaseView:
     available_total: int
     flash_left: int
     receipts: int  # receipt movements written during the run
+    offline_sold: int  # units that left stock as offline sales during the run
 
 
 _AVAILABLE_IN_REGION = """
@@ -312,6 +331,12 @@ def _report(
         adjustments=ledger.adjustments,
         price_edits=ledger.price_edits,
         price_conflicts=ledger.price_conflicts,
+        offline=OfflineSales(
+            allotted=ledger.offline_allotted,
+            sold=ledger.offline_sold,
+            sold_in_db=database.offline_sold,
+            refused=ledger.offline_refused,
+        ),
         available_total=database.available_total,
         flash=FlashSale(
             sku=DOORBUSTER,

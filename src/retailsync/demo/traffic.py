@@ -16,7 +16,7 @@ import asyncio
 import random
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -68,6 +68,9 @@ class Ledger:
     price_edits: int = 0
     price_conflicts: int = 0
     doorbuster_turned_away: int = 0  # checkouts refused because the doorbuster was sold out
+    offline_allotted: int = 0  # units allotted to offline tills
+    offline_sold: int = 0  # units sold offline, counted once a sync acknowledged them
+    offline_refused: int = 0  # sales a till refused beyond its allotment, reported on sync
 
     def place(self, channel: Channel, order: Mapping[str, Any]) -> None:
         lines = {line["sku"]: line["quantity"] for line in order["lines"]}
@@ -129,7 +132,7 @@ def _available(level: Mapping[str, Any], region: str) -> int:
     return sum(loc["available"] for loc in level["locations"] if loc["region"] == region)
 
 
-def _random_sku(rng: random.Random, world: World) -> str:
+def random_sku(rng: random.Random, world: World) -> str:
     """Any product but the doorbuster, whose stock must change only in ways the flash-sale
     ledger counts."""
     return sku_for(rng.randint(2, world.products))
@@ -152,7 +155,7 @@ async def stage_flash_sale(api: Api, per_location: int) -> int:
     return _available(level, FLASH_REGION)
 
 
-async def _attempt(errand: Coroutine[Any, Any, None]) -> None:
+async def attempt(errand: Coroutine[Any, Any, None]) -> None:
     """Run one errand; a refusal or a lost connection ends that errand only (the Api has
     counted both), and the deadline ends it quietly for the loop around to notice."""
     try:
@@ -163,7 +166,7 @@ async def _attempt(errand: Coroutine[Any, Any, None]) -> None:
         await asyncio.sleep(_BACKOFF)
 
 
-async def _think(rng: random.Random, low: float = 0.01, high: float = 0.05) -> None:
+async def think(rng: random.Random, low: float = 0.01, high: float = 0.05) -> None:
     await asyncio.sleep(rng.uniform(low, high))
 
 
@@ -253,7 +256,7 @@ async def _shopping_visit(api: Api, rng: random.Random, world: World, channel: C
     skus = await _browse(api, rng)
     cart = await _new_cart(api, f"{channel}-{rng.randrange(10_000):04d}", region)
     for sku in rng.sample(skus, min(len(skus), rng.randint(1, 3))):
-        await _think(rng)
+        await think(rng)
         await api.call("GET", f"/v1/products/{sku}")
         level = (await api.call("GET", f"/v1/stock/{sku}")).json()
         if _available(level, region) > 0:  # otherwise the page says "out of stock"
@@ -268,7 +271,7 @@ async def _shopping_visit(api: Api, rng: random.Random, world: World, channel: C
     order = await _checkout(api, world, channel, cart, region)
     if order is None:
         return
-    await _think(rng)
+    await think(rng)
     if rng.random() < _CANCEL_SHARE:
         await _set_status(api, world, order["id"], OrderStatus.CANCELLED)
         return
@@ -276,12 +279,12 @@ async def _shopping_visit(api: Api, rng: random.Random, world: World, channel: C
     await world.paid.put(order["id"])
 
 
-async def _shopper(world: World, index: int, channel: Channel) -> None:
+async def shopper(world: World, index: int, channel: Channel) -> None:
     rng = random.Random(world.seed + index)
     async with world.session(channel) as api:
         while not world.over():
-            await _attempt(_shopping_visit(api, rng, world, channel))
-            await _think(rng, 0.05, 0.25)
+            await attempt(_shopping_visit(api, rng, world, channel))
+            await think(rng, 0.05, 0.25)
 
 
 async def _store_sale(api: Api, rng: random.Random, world: World, region: str) -> None:
@@ -296,13 +299,13 @@ async def _store_sale(api: Api, rng: random.Random, world: World, region: str) -
         await _set_status(api, world, order["id"], status)
 
 
-async def _pos_terminal(world: World, index: int, channel: Channel) -> None:
+async def pos_terminal(world: World, index: int, channel: Channel) -> None:
     rng = random.Random(world.seed + index)
     region = REGION_IDS[index % len(REGION_IDS)]  # each till is in one region's store
     async with world.session(channel) as api:
         while not world.over():
-            await _attempt(_store_sale(api, rng, world, region))
-            await _think(rng, 0.1, 0.4)  # the next customer steps up
+            await attempt(_store_sale(api, rng, world, region))
+            await think(rng, 0.1, 0.4)  # the next customer steps up
 
 
 async def _receive(api: Api, rng: random.Random, world: World) -> None:
@@ -311,7 +314,7 @@ async def _receive(api: Api, rng: random.Random, world: World) -> None:
         receipt = Receipt(DOORBUSTER, rng.choice(FLASH_LOCATIONS), rng.randint(1, 3))
     else:
         location = rng.choice(list(LOCATION_REGION))
-        receipt = Receipt(_random_sku(rng, world), location, rng.randint(6, 48))
+        receipt = Receipt(random_sku(rng, world), location, rng.randint(6, 48))
     key = _key()
     path = f"/v1/stock/{receipt.sku}/{receipt.location}/receipts"
     body = {"quantity": receipt.quantity}
@@ -328,7 +331,7 @@ async def _receive(api: Api, rng: random.Random, world: World) -> None:
 
 async def _adjust(api: Api, rng: random.Random, world: World) -> None:
     """A cycle-count correction; a shrink larger than the unreserved stock is refused."""
-    path = f"/v1/stock/{_random_sku(rng, world)}/{rng.choice(list(LOCATION_REGION))}/adjustments"
+    path = f"/v1/stock/{random_sku(rng, world)}/{rng.choice(list(LOCATION_REGION))}/adjustments"
     body = {"delta": rng.choice((-2, -1, 1, 2, 3)), "reason": "cycle count"}
     await api.call("POST", path, body=body, idempotency_key=_key())
     world.ledger.adjustments += 1
@@ -339,7 +342,7 @@ async def _ship(api: Api, world: World, order_id: str, in_transit: deque[str]) -
     in_transit.append(order_id)
 
 
-async def _warehouse(world: World, index: int, channel: Channel) -> None:
+async def warehouse_staff(world: World, index: int, channel: Channel) -> None:
     """Ship paid orders, deliver shipped ones, receive goods, and now and then correct stock."""
     rng = random.Random(world.seed + index)
     in_transit: deque[str] = deque()
@@ -350,14 +353,14 @@ async def _warehouse(world: World, index: int, channel: Channel) -> None:
             except asyncio.QueueEmpty:
                 await asyncio.sleep(0.05)  # nothing to pick yet
             else:
-                await _attempt(_ship(api, world, order_id, in_transit))
+                await attempt(_ship(api, world, order_id, in_transit))
             if in_transit and (len(in_transit) > 3 or rng.random() < 0.2):
                 delivered = in_transit.popleft()
-                await _attempt(_set_status(api, world, delivered, OrderStatus.DELIVERED))
+                await attempt(_set_status(api, world, delivered, OrderStatus.DELIVERED))
             if rng.random() < 0.3:
-                await _attempt(_receive(api, rng, world))
+                await attempt(_receive(api, rng, world))
             if rng.random() < 0.05:
-                await _attempt(_adjust(api, rng, world))
+                await attempt(_adjust(api, rng, world))
 
 
 async def _read_price(api: Api, sku: str, region: str) -> Mapping[str, Any] | None:
@@ -403,33 +406,14 @@ async def _reprice(api: Api, rng: random.Random, world: World) -> None:
         # Two merchandisers opened the same price and save moments apart: the later write names
         # a version that is gone and gets 412 instead of silently undoing the other's change.
         factors = (rng.uniform(0.9, 1.1), rng.uniform(0.9, 1.1))
-        await asyncio.gather(*(_attempt(_edit_price(api, world, seen, f)) for f in factors))
+        await asyncio.gather(*(attempt(_edit_price(api, world, seen, f)) for f in factors))
     else:
         await _edit_price(api, world, seen, rng.uniform(0.9, 1.1))
 
 
-async def _merchandiser(world: World, index: int, channel: Channel) -> None:
+async def merchandiser(world: World, index: int, channel: Channel) -> None:
     rng = random.Random(world.seed + index)
     async with world.session(channel) as api:
         while not world.over():
-            await _attempt(_reprice(api, rng, world))
-            await _think(rng, 0.1, 0.3)
-
-
-Client = Callable[[World, int, Channel], Coroutine[Any, Any, None]]
-CLIENT_MIX: tuple[tuple[Channel, int, Client], ...] = (
-    (Channel.WEB, 8, _shopper),
-    (Channel.MOBILE, 4, _shopper),
-    (Channel.POS, 3, _pos_terminal),
-    (Channel.WAREHOUSE, 2, _warehouse),
-    (Channel.ADMIN, 1, _merchandiser),
-)
-
-
-async def run_traffic(world: World) -> int:
-    """Run every client until the deadline; return how many ran."""
-    clients = [(channel, client) for channel, count, client in CLIENT_MIX for _ in range(count)]
-    async with asyncio.TaskGroup() as group:
-        for index, (channel, client) in enumerate(clients):
-            group.create_task(client(world, index, channel))
-    return len(clients)
+            await attempt(_reprice(api, rng, world))
+            await think(rng, 0.1, 0.3)
