@@ -68,6 +68,8 @@ class TestOfflineSelling:
         )
         assert shipments == 4
         await audit_ok(api)
+        metrics = (await api.client.get("/metrics")).text
+        assert 'retailsync_offline_units_total{event="sold"}' in metrics
 
     async def test_a_resent_sync_sells_once(self, api: Api) -> None:
         await api.world()

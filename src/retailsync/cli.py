@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from retailsync.bench import bench_app
 from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.db.database import Database
 from retailsync.db.migrate import migrate
@@ -34,6 +35,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for the channels.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 out = Console()
 

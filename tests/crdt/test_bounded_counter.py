@@ -187,4 +187,5 @@ class TestRows:
         counter.increment(3)
         before = counter.row("a")
         counter.transfer(1, to="b")
-        assert before.within(counter.row("a")) and not counter.row("a").within(before)
+        assert before.within(counter.row("a"))
+        assert not counter.row("a").within(before)

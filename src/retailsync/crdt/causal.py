@@ -12,7 +12,7 @@ state replicated data types", 2018).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Generic, NamedTuple, Self, TypeVar
 
 import msgspec
@@ -67,6 +67,17 @@ class CausalContext:
         clone._vv = dict(self._vv)
         clone._cloud = set(self._cloud)
         return clone
+
+    def size(self) -> int:
+        """How many dots the context holds."""
+        return sum(self._vv.values()) + len(self._cloud)
+
+    def dots(self) -> Iterator[Dot]:
+        """Every dot the context holds (``size()`` of them)."""
+        for replica, top in self._vv.items():
+            for counter in range(1, top + 1):
+                yield Dot(replica, counter)
+        yield from self._cloud
 
     def next_dot(self, replica: str) -> Dot:
         """Make and record a fresh dot for a write by ``replica``."""
@@ -185,7 +196,14 @@ class DotKernel(Generic[V]):
 
     def join(self, other: DotKernel[V]) -> None:
         """Keep what both hold, plus what either holds that the other has not seen."""
-        dropped = [dot for dot in self.entries if dot not in other.entries and dot in other.context]
+        # An entry here is dropped when the other side saw its dot and no longer holds it.
+        # Look from whichever side is smaller: a one-write delta merged into a large state
+        # must not cost a scan of the whole state.
+        if other.context.size() < len(self.entries):
+            seen = (dot for dot in other.context.dots() if dot in self.entries)
+        else:
+            seen = (dot for dot in self.entries if dot in other.context)
+        dropped = [dot for dot in seen if dot not in other.entries]
         for dot in dropped:
             del self.entries[dot]
         for dot, payload in other.entries.items():

@@ -43,6 +43,11 @@ CONFLICTS = Counter(
     "Conflicts met by merge policies, by kind and resolution tier",
     ["kind", "tier"],
 )
+OFFLINE_UNITS = Counter(
+    "retailsync_offline_units_total",
+    "Store units allotted to offline replicas, sold by them, and given back",
+    ["event"],
+)
 CONFLICT_RESOLUTIONS = Counter(
     "retailsync_conflict_resolutions_total",
     "Queued or manual conflicts closed, by who decided (rule name or admin)",

@@ -19,6 +19,7 @@ from __future__ import annotations
 from retailsync.crdt import BoundedCounter
 from retailsync.db.database import Connection
 from retailsync.errors import Refused
+from retailsync.observe.metrics import OFFLINE_UNITS
 from retailsync.services.stock import require_stock_place
 from retailsync.sync import store
 from retailsync.sync.policies import ObjectName
@@ -66,6 +67,7 @@ async def merge_stock(
         await _settle(conn, sku, location, replica, sold=sold, returned=returned)
     granted = await _allot(conn, sku, location, replica, allot) if allot else 0
     if granted:
+        OFFLINE_UNITS.labels("allotted").inc(granted)
         counter.increment(granted)
         counter.transfer(granted, to=replica)
     await store.save(conn, name.key, stored)
@@ -107,6 +109,8 @@ async def _settle(
     used = sold + returned
     if not used:
         return
+    OFFLINE_UNITS.labels("sold").inc(sold)
+    OFFLINE_UNITS.labels("returned").inc(returned)
     await conn.execute(
         "UPDATE stock SET on_hand = on_hand - $3, reserved = reserved - $4 "
         "WHERE sku = $1 AND location = $2",

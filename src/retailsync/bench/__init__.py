@@ -1,0 +1,79 @@
+"""``retailsync bench``: measurements and long checks of the CRDT library.
+
+The work lives in :mod:`.crdt` and :mod:`.convergence`, imported when a command runs, so the
+rest of the CLI starts without them (and without pycrdt, an optional extra).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+bench_app = typer.Typer(
+    help="Benchmarks and long checks of the CRDT library.", no_args_is_help=True
+)
+_err = Console(stderr=True)
+_out = Console()
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables")]
+
+
+def _progress(message: str) -> None:
+    _err.print(f"[dim]{message}[/]", highlight=False)
+
+
+@bench_app.command("crdt")
+def crdt_bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes: seconds instead of about a minute")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Merge throughput and delta/state sizes of the CRDT types, beside pycrdt (Yjs).
+
+    pycrdt runs the same operations where it has a counterpart: map updates and set updates.
+    """
+    from retailsync.bench.crdt import FULL, QUICK, run_bench
+    from retailsync.bench.report import print_crdt, print_json
+
+    report = run_bench(
+        QUICK if quick else FULL, progress=lambda name: _progress(f"measuring {name}")
+    )
+    if as_json:
+        print_json(report)
+    else:
+        print_crdt(report, _out)
+
+
+@bench_app.command("crdt-convergence")
+def crdt_convergence(
+    ops: Annotated[
+        int,
+        typer.Option(min=1, max=100_000_000, help="Operations in all, split over the subjects"),
+    ] = 1_000_000,
+    replicas: Annotated[int, typer.Option(min=2, max=64, help="Replicas of each subject")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same run")] = 1,
+    as_json: JsonFlag = False,
+) -> None:
+    """Long random run checking add-wins semantics and convergence of Cart and AWSet.
+
+    Replicas of Cart ("counter" and "lww") and AWSet take random adds and removes over a
+    network that reorders, duplicates and drops deltas. A reference model checks for lost adds
+    and resurrected removals, and that all replicas converge. Exits 1 if any check fails.
+    """
+    from retailsync.bench.convergence import run_convergence
+    from retailsync.bench.report import print_convergence, print_json
+
+    report = run_convergence(ops, replicas, seed, progress=_progress)
+    if as_json:
+        print_json(report)
+    else:
+        print_convergence(report, _out)
+    if report["lost_adds"] or report["resurrections"] or report["wrong_lines"]:
+        _err.print("[bold red]error:[/] the CRDTs broke add-wins semantics (see above)")
+        raise typer.Exit(1)
+    if not report["converged"]:
+        _err.print("[bold red]error:[/] the replicas did not converge")
+        raise typer.Exit(1)
