@@ -202,5 +202,6 @@ class TestDemo:
         assert "oversold units 0 (0 in the database audit" in report
         assert "on_hand = sum of movements ok" in report
         offline = re.search(r"(\d+) sold offline and synced \((\d+) recorded", report)
-        assert offline is not None and offline[1] == offline[2]
+        assert offline is not None
+        assert offline[1] == offline[2]
         assert "Traceback" not in result.stderr
