@@ -66,6 +66,10 @@ class TestSettings:
             ({"RETAILSYNC_LOG_LEVEL": "loud"}, "RETAILSYNC_LOG_LEVEL"),
             ({"RETAILSYNC_MAX_BODY_BYTES": "10"}, "RETAILSYNC_MAX_BODY_BYTES"),
             ({"RETAILSYNC_DB_ULR": "x"}, "RETAILSYNC_DB_ULR"),
+            ({"RETAILSYNC_EVENT_LOG_URL": "kafka://x"}, "RETAILSYNC_EVENT_LOG_URL"),
+            ({"RETAILSYNC_EVENT_LOG_URL": "nats://h:4222?strem=x"}, "RETAILSYNC_EVENT_LOG_URL"),
+            ({"RETAILSYNC_CDC_SLOT": "Bad Slot"}, "RETAILSYNC_CDC_SLOT"),
+            ({"RETAILSYNC_MAX_CLOCK_DRIFT_MS": "-1"}, "RETAILSYNC_MAX_CLOCK_DRIFT_MS"),
         ],
     )
     def test_bad_values_name_the_setting(self, env: dict[str, str], setting: str) -> None:

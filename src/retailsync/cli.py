@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, ClassVar, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, TypeVar
 from uuid import UUID
 
 import typer
@@ -24,6 +24,10 @@ from retailsync.db.target import running_server
 from retailsync.errors import RetailsyncError
 from retailsync.models import Channel
 
+if TYPE_CHECKING:  # the cdc modules load only for the cdc commands
+    from retailsync.cdc.capture import CaptureConfig
+    from retailsync.cdc.tables import CapturedTable
+
 T = TypeVar("T")
 app = typer.Typer(
     help="retailsync: retail data kept consistent across channels and regions.",
@@ -35,7 +39,9 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for the channels.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+cdc_app = typer.Typer(help="Change data capture into the event log.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(cdc_app, name="cdc")
 err = Console(stderr=True)
 out = Console()
 
@@ -204,6 +210,98 @@ def keys_revoke(
 
         _with_database(target, job)
     out.print(f"revoked {key_id}")
+
+
+def _capture_setup(settings: Settings) -> tuple[CaptureConfig, list[CapturedTable]]:
+    from retailsync.cdc.capture import CaptureConfig
+    from retailsync.cdc.tables import load_tables
+
+    try:
+        tables = load_tables(settings.cdc_tables_file)
+    except RetailsyncError as exc:
+        _fail(str(exc))
+    config = CaptureConfig(
+        source=settings.cdc_source,
+        slot=settings.cdc_slot,
+        publication=settings.cdc_publication,
+        heartbeat_seconds=settings.cdc_heartbeat_seconds,
+    )
+    return config, tables
+
+
+@cdc_app.command("run")
+def cdc_run() -> None:
+    """Capture every change to the captured tables into the event log, until stopped.
+    Checks the tables and sets up the publication and slot first."""
+    from retailsync.cdc.capture import Capture, prepare
+    from retailsync.eventlog.factory import open_event_log
+
+    settings = _settings()
+    config, tables = _capture_setup(settings)
+    with _server(settings) as target:
+
+        async def job(db: Database) -> None:
+            log = await open_event_log(settings.event_log_url, db=db)
+            try:
+                if await prepare(db, config, tables):
+                    err.print(f"created replication slot {config.slot}")
+                err.print(f"capturing {len(tables)} tables into {settings.event_log_url}")
+                await Capture(db, target.dsn, log, config, tables).run()
+            finally:
+                await log.close()
+
+        _with_database(target, job)
+
+
+@cdc_app.command("snapshot")
+def cdc_snapshot(
+    table: Annotated[str, typer.Argument(help="A captured table, as schema.table")],
+) -> None:
+    """Snapshot one table again, from the start: the running capture reads it in chunks
+    between watermarks, interleaved with the stream."""
+    from retailsync.cdc.snapshot import request
+
+    settings = _settings()
+    _, tables = _capture_setup(settings)
+    if table not in {t.name for t in tables}:
+        known = ", ".join(t.name for t in tables)
+        _fail(f"{table} is not a captured table (captured: {known})")
+    with _server(settings) as target:
+        _with_database(target, lambda db: request(db, settings.cdc_source, [table]))
+    out.print(f"snapshot of {table} requested; `retailsync cdc run` takes it")
+
+
+@cdc_app.command("status")
+def cdc_status() -> None:
+    """The slot's health (WAL status, confirmed position, retained WAL) and the log's head."""
+    from retailsync.cdc.slot import lsn_text, slot_status
+    from retailsync.eventlog.factory import open_event_log
+
+    settings = _settings()
+    config, _ = _capture_setup(settings)
+    with _server(settings) as target:
+
+        async def job(db: Database) -> list[tuple[str, str]]:
+            async with db.connection() as conn:
+                status = await slot_status(conn, config.slot)
+            log = await open_event_log(settings.event_log_url, db=db)
+            try:
+                last = await log.last_event_id(config.source)
+            finally:
+                await log.close()
+            return [
+                ("slot", config.slot if status.exists else f"{config.slot} (absent)"),
+                ("wal status", status.wal_status or "-"),
+                ("confirmed position", lsn_text(status.confirmed_lsn)),
+                ("retained WAL bytes", str(status.retained_bytes)),
+                ("last event in the log", last or "-"),
+            ]
+
+        rows = _with_database(target, job)
+    table = Table(show_header=False)
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
 
 
 @app.command()

@@ -161,6 +161,26 @@ class Settings(BaseModel):
     reconcile_interval_seconds: float = Field(
         5.0, ge=0.1, le=3600, description="How often queued conflicts are put to the rules"
     )
+    event_log_url: str = Field(
+        "postgres", description="Event log: postgres (the database itself) or nats://host:port"
+    )
+    cdc_source: str = Field(
+        "retailsync",
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="Name of the capture source; events carry it",
+    )
+    cdc_slot: str = Field(
+        "retailsync", pattern=r"^[a-z0-9_]{1,63}$", description="Replication slot to read"
+    )
+    cdc_publication: str = Field(
+        "retailsync", pattern=r"^[a-z0-9_]{1,63}$", description="Publication of captured tables"
+    )
+    cdc_tables_file: Path | None = Field(
+        None, description="TOML file naming extra tables to capture (see docs)"
+    )
+    cdc_heartbeat_seconds: float = Field(
+        10.0, ge=0.1, le=3600, description="Interval of heartbeat messages into the WAL"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     @property
@@ -207,6 +227,9 @@ def load_settings(
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
         raise ConfigError(source(field), error.get("input"), error["msg"]) from exc
-    # Parse the URL now: a bad one fails at start-up, not on first use.
+    # Parse the URLs now: a bad one fails at start-up, not on first use.
     parse_db_url(settings.db_url, setting=source("db_url"))
+    from retailsync.eventlog.factory import check_event_log_url  # it imports this module
+
+    check_event_log_url(settings.event_log_url, setting=source("event_log_url"))
     return settings

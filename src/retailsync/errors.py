@@ -6,6 +6,8 @@
      |    +-- DatabaseUnavailable    cannot connect, or the connection dropped
      |    +-- EmbeddedServerError    the embedded PostgreSQL failed to start or stop
      |    +-- MigrationError         a migration failed or was changed after it was applied
+     +-- EventLogError               the event log could not do what was asked
+     |    +-- EventLogUnavailable    its server cannot be reached or did not answer in time
      +-- DomainError                 a request the domain refuses; nothing was written
           +-- RequestInvalid         a parameter is malformed (names the parameter)
           +-- NotFound               an entity named by the request does not exist
@@ -58,6 +60,14 @@ class EmbeddedServerError(DatabaseError):
 
 class MigrationError(DatabaseError):
     """A migration failed, or an applied migration's file has changed since."""
+
+
+class EventLogError(RetailsyncError):
+    """The event log could not do what was asked."""
+
+
+class EventLogUnavailable(EventLogError):
+    """The log's server cannot be reached, or did not answer in time; retrying may succeed."""
 
 
 class DomainError(RetailsyncError):

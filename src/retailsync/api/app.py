@@ -20,6 +20,7 @@ from retailsync.api import problems
 from retailsync.api.body_limit import BodyLimit
 from retailsync.api.routes import (
     carts,
+    changes,
     conflicts,
     locations,
     orders,
@@ -33,6 +34,7 @@ from retailsync.conflicts.reconcile import reconcile_queued
 from retailsync.crdt import HLC
 from retailsync.db.database import Database
 from retailsync.errors import ConfigError
+from retailsync.eventlog.factory import open_event_log
 from retailsync.observe.metrics import HttpMetrics, exposition
 from retailsync.services.idempotency import forget_expired
 from retailsync.services.keys import KeyVerifier
@@ -80,6 +82,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         # Each worker is an HLC node of its own: decisions it stamps never tie another's.
         hlc = HLC(f"server-{os.getpid()}", max_drift_ms=settings.max_clock_drift_ms)
         app.state.hlc = hlc
+        app.state.event_log = await open_event_log(settings.event_log_url, db=database)
         chores = [
             asyncio.create_task(
                 _every(
@@ -104,6 +107,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             for chore in chores:
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
+            await app.state.event_log.close()
             if own_db:
                 await database.close()
 
@@ -114,7 +118,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (products, prices, stock, locations, carts, orders, sync, conflicts):
+    for module in (products, prices, stock, locations, carts, orders, sync, conflicts, changes):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

@@ -1,4 +1,4 @@
-"""``retailsync bench``: measurements and long checks of the CRDT library.
+"""``retailsync bench``: each capability measured beside its baseline or peer.
 
 The work lives in :mod:`.crdt` and :mod:`.convergence`, imported when a command runs, so the
 rest of the CLI starts without them (and without pycrdt, an optional extra).
@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 bench_app = typer.Typer(
-    help="Benchmarks and long checks of the CRDT library.", no_args_is_help=True
+    help="Benchmarks: each capability beside its baseline or peer.", no_args_is_help=True
 )
 _err = Console(stderr=True)
 _out = Console()
@@ -77,3 +77,52 @@ def crdt_convergence(
     if not report["converged"]:
         _err.print("[bold red]error:[/] the replicas did not converge")
         raise typer.Exit(1)
+
+
+def _nats_here() -> list[str]:
+    """The local NATS server's URL if one answers on 4222: then JetStream is measured too."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex(("127.0.0.1", 4222)) == 0:
+            return ["nats://127.0.0.1:4222?stream=retailsync-bench"]
+    return []
+
+
+@bench_app.command("cdc")
+def cdc_bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="20,000 changes and 3 s of latency, not 200,000/10 s")
+    ] = False,
+    event_log: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--event-log",
+            help="Event log URL to measure (repeat for several); default: postgres, and "
+            "nats://127.0.0.1:4222 when a server answers there",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change data capture into each event log: changes/s drained from one slot beside
+    pg_recvlogical on its own slot, and commit-to-log latency at 5,000 changes/s."""
+    import asyncio
+
+    from retailsync.bench.cdc import FULL, QUICK, run_cdc_bench
+    from retailsync.bench.report import print_cdc, print_json
+    from retailsync.errors import RetailsyncError
+    from retailsync.eventlog.factory import check_event_log_url
+
+    urls = event_log or ["postgres", *_nats_here()]
+    try:
+        for url in urls:  # before starting anything
+            check_event_log_url(url)
+        report = asyncio.run(run_cdc_bench(QUICK if quick else FULL, urls, _progress))
+    except RetailsyncError as exc:
+        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(report)
+    else:
+        print_cdc(report, _out)

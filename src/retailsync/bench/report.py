@@ -92,3 +92,19 @@ def print_convergence(report: dict[str, Any], console: Console) -> None:
         f"{'converged' if report['converged'] else 'NOT converged'}",
         highlight=False,
     )
+
+
+def print_cdc(report: dict[str, Any], console: Console) -> None:
+    plan = report["plan"]
+    table = Table(
+        title=f"Change data capture: {plan['changes']:,} changes drained; latency at "
+        f"{plan['rate']:,} changes/s for {plan['seconds']:g} s",
+    )
+    for title in ("event log", "changes/s", "pg_recvlogical/s", "ours / ceiling",
+                  "offered/s", "p50 ms", "p99 ms"):  # fmt: skip
+        table.add_column(title, justify="right")
+    for row in report["backends"]:
+        keys = ("changes_per_s", "recvlogical_changes_per_s", "ratio_to_recvlogical",
+                "offered_changes_per_s", "latency_p50_ms", "latency_p99_ms")  # fmt: skip
+        table.add_row(row["backend"], *(_cell(row[key]) for key in keys))
+    console.print(table)

@@ -85,6 +85,10 @@ class Database:
         async with self.connection() as conn:
             return await conn.fetchval(query, *args)
 
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.connection() as conn:
+            return await conn.execute(query, *args)
+
     async def ping(self) -> bool:
         try:
             return bool(await self.fetchval("SELECT true"))

@@ -1,0 +1,1 @@
+"""Change data capture: decoding the write-ahead log into change events."""
