@@ -238,6 +238,14 @@ def cdc_run() -> None:
 
     settings = _settings()
     config, tables = _capture_setup(settings)
+    if settings.cdc_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.cdc_metrics_port, addr=settings.host)
+        except OSError as exc:
+            _fail(f"RETAILSYNC_CDC_METRICS_PORT {settings.cdc_metrics_port}: {exc.strerror}")
+        err.print(f"metrics on http://{settings.host}:{settings.cdc_metrics_port}/metrics")
     with _server(settings) as target:
 
         async def job(db: Database) -> None:

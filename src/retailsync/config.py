@@ -44,14 +44,16 @@ class ServerTarget:
 DatabaseTarget = EmbeddedTarget | ServerTarget
 
 
-def _positive_int(raw: str) -> int:
+def positive_int(raw: str) -> int:
+    """Parser of a URL option that must be a whole number >= 1."""
     value = int(raw)
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
-def _positive_float(raw: str) -> float:
+def positive_float(raw: str) -> float:
+    """Parser of a URL option that must be a number > 0."""
     value = float(raw)
     if not value > 0:
         raise ValueError("must be greater than 0")
@@ -61,8 +63,8 @@ def _positive_float(raw: str) -> float:
 # Options retailsync itself reads from a postgresql:// URL, and their parsers.
 _POOL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "pool_min": int,
-    "pool_max": _positive_int,
-    "command_timeout": _positive_float,
+    "pool_max": positive_int,
+    "command_timeout": positive_float,
 }
 # libpq options passed through to the driver unchanged.
 _DRIVER_OPTIONS = frozenset(
@@ -177,6 +179,9 @@ class Settings(BaseModel):
     )
     cdc_tables_file: Path | None = Field(
         None, description="TOML file naming extra tables to capture (see docs)"
+    )
+    cdc_metrics_port: int = Field(
+        9188, ge=0, le=65535, description="Port of `cdc run`'s Prometheus endpoint (0: none)"
     )
     cdc_heartbeat_seconds: float = Field(
         10.0, ge=0.1, le=3600, description="Interval of heartbeat messages into the WAL"

@@ -26,7 +26,7 @@ from retailsync.cdc.tables import SETTING as TABLES_SETTING
 from retailsync.cdc.tables import CapturedTable
 from retailsync.db.database import Database
 from retailsync.errors import DatabaseUnavailable
-from retailsync.eventlog.base import EventLogUnavailable
+from retailsync.eventlog.base import EventLogUnavailable, Lag
 
 log = logging.getLogger(__name__)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 10.0
@@ -38,6 +38,10 @@ class EventSink(Protocol):
     async def append(self, events: Sequence[ChangeEvent]) -> None: ...
 
     async def last_event_id(self, source: str) -> str | None: ...
+
+    async def groups(self) -> list[str]: ...
+
+    async def lag(self, group: str) -> Lag: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +134,12 @@ class Capture:
             for chore in chores:
                 chore.cancel()
             for chore in chores:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await chore
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a chore cut off mid-query on a dying connection
+                    log.warning("a capture chore failed while stopping", exc_info=True)
 
     async def _stream(self) -> None:
         last = await self._sink.last_event_id(self._config.source)
@@ -194,11 +202,16 @@ class Capture:
                 log.warning("heartbeat failed", exc_info=True)
 
     async def _report_slot(self) -> None:
+        """Keep the slot's retained WAL and every consumer group's lag in the metrics."""
         while True:
             try:
                 async with self._db.connection() as conn:
                     status = await slots.slot_status(conn, self._config.slot)
                 metrics.RETAINED_BYTES.labels(self._config.slot).set(status.retained_bytes)
+                for group in await self._sink.groups():
+                    behind = await self._sink.lag(group)
+                    metrics.CONSUMER_LAG_EVENTS.labels(group).set(behind.events)
+                    metrics.CONSUMER_LAG_SECONDS.labels(group).set(behind.seconds)
             except Exception:
-                log.warning("slot status failed", exc_info=True)
+                log.warning("slot and lag report failed", exc_info=True)
             await asyncio.sleep(self._config.status_seconds)

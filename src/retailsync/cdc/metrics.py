@@ -29,3 +29,15 @@ RESTARTS = Counter(
     "Times the capture lost its database or event log and started the stream again",
     ["source"],
 )
+CONSUMER_LAG_EVENTS = Gauge(
+    "retailsync_consumer_lag_events",
+    "Events appended and not yet acknowledged by the consumer group",
+    ["group"],
+    multiprocess_mode="max",
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "retailsync_consumer_lag_seconds",
+    "Age of the oldest event the consumer group has not yet acknowledged",
+    ["group"],
+    multiprocess_mode="max",
+)

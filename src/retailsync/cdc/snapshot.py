@@ -24,11 +24,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
+
 from retailsync.cdc import slot as slots
 from retailsync.cdc.tables import SETTING as TABLES_SETTING
 from retailsync.cdc.tables import CapturedTable
 from retailsync.db.database import Database
-from retailsync.errors import ConfigError, RetailsyncError
+from retailsync.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -120,24 +122,30 @@ class Snapshotter:
     async def run(self) -> None:
         """Take requested snapshots one chunk at a time, until cancelled."""
         while True:
-            pending = await self._db.fetchrow(
-                "SELECT table_name, last_key FROM cdc_snapshots "
-                "WHERE source = $1 AND NOT done ORDER BY created_at LIMIT 1",
-                self._source,
-            )
-            if pending is None:
-                await asyncio.sleep(_IDLE_SECONDS)
-                continue
-            name = pending["table_name"]
             try:
-                await self._chunk(name, pending["last_key"])
-            except RetailsyncError as exc:  # the table cannot be read as asked: say so, skip it
-                log.error("snapshot of %s abandoned: %s", name, exc)
-                await self._db.execute(
-                    "UPDATE cdc_snapshots SET done = true WHERE source = $1 AND table_name = $2",
+                pending = await self._db.fetchrow(
+                    "SELECT table_name, last_key FROM cdc_snapshots "
+                    "WHERE source = $1 AND NOT done ORDER BY created_at LIMIT 1",
                     self._source,
-                    name,
                 )
+                if pending is None:
+                    await asyncio.sleep(_IDLE_SECONDS)
+                    continue
+                await self._next(pending["table_name"], pending["last_key"])
+            except (DatabaseUnavailable, asyncpg.InterfaceError) as exc:
+                log.warning("snapshots paused: %s", exc)  # the capture retries the database
+                await asyncio.sleep(_IDLE_SECONDS)
+
+    async def _next(self, name: str, last_key: list[Any] | None) -> None:
+        try:
+            await self._chunk(name, last_key)
+        except ConfigError as exc:  # the table cannot be read as asked: say so, skip it
+            log.error("snapshot of %s abandoned: %s", name, exc)
+            await self._db.execute(
+                "UPDATE cdc_snapshots SET done = true WHERE source = $1 AND table_name = $2",
+                self._source,
+                name,
+            )
 
     async def _chunk(self, name: str, last_key: list[Any] | None) -> None:
         table = self._tables.get(name)

@@ -27,6 +27,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A connection left mid-protocol by an operation cut off when the server went away.
+    asyncpg.InternalClientError,
 )
 
 

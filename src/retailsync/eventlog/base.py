@@ -113,6 +113,10 @@ class EventLog(Protocol):
         """How far ``group`` is behind; a group never used is behind by the whole log."""
         ...
 
+    async def groups(self) -> list[str]:
+        """The consumer groups that exist, by name."""
+        ...
+
     async def dead_letters(self, group: str, limit: int = 100) -> list[DeadLetter]:
         """The group's dead letters, in the order they were set aside."""
         ...

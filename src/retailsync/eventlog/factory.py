@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from retailsync.config import ServerTarget, parse_db_url
+from retailsync.config import ServerTarget, parse_db_url, positive_float, positive_int
 from retailsync.db.database import Database
 from retailsync.db.migrate import migrate
 from retailsync.errors import ConfigError, DatabaseUnavailable
@@ -26,20 +26,6 @@ from retailsync.eventlog.postgres import PostgresEventLog
 
 SETTING = "RETAILSYNC_EVENT_LOG_URL"
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return value
 
 
 def _stream_name(raw: str) -> str:
@@ -51,13 +37,13 @@ def _stream_name(raw: str) -> str:
 # Every option of a nats:// URL, its parser, and (in JetStreamConfig) its default.
 _NATS_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "stream": _stream_name,
-    "replicas": _positive_int,
-    "max_age": _positive_float,  # seconds
-    "max_bytes": _positive_int,
-    "max_msgs": _positive_int,
-    "duplicate_window": _positive_float,  # seconds
-    "connect_timeout": _positive_float,  # seconds
-    "ack_timeout": _positive_float,  # seconds
+    "replicas": positive_int,
+    "max_age": positive_float,  # seconds
+    "max_bytes": positive_int,
+    "max_msgs": positive_int,
+    "duplicate_window": positive_float,  # seconds
+    "connect_timeout": positive_float,  # seconds
+    "ack_timeout": positive_float,  # seconds
 }
 
 

@@ -275,6 +275,11 @@ class NatsEventLog:
         age = (datetime.now(UTC) - oldest.time).total_seconds() if oldest.time else 0.0
         return Lag(behind, max(age, 0.0))
 
+    async def groups(self) -> list[str]:
+        with _translated():
+            consumers = await self._js.consumers_info(self._stream)
+        return sorted(info.name for info in consumers if info.name)
+
     async def dead_letters(self, group: str, limit: int = 100) -> list[DeadLetter]:
         letters: list[DeadLetter] = []
         seq = 0

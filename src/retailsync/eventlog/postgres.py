@@ -205,6 +205,11 @@ class PostgresEventLog:
         assert row is not None  # an aggregate always yields a row
         return Lag(row["events"], max(row["seconds"], 0.0))
 
+    async def groups(self) -> list[str]:
+        async with self._transaction() as conn:
+            rows = await conn.fetch("SELECT name FROM event_log_groups ORDER BY name")
+        return [row["name"] for row in rows]
+
     async def dead_letters(self, group: str, limit: int = 100) -> list[DeadLetter]:
         async with self._transaction() as conn:
             rows = await conn.fetch(
