@@ -12,10 +12,12 @@ import pytest
 
 from retailsync.cdc.capture import Capture, CaptureConfig, prepare
 from retailsync.cdc.events import ChangeEvent
+from retailsync.cdc.slot import slot_status
 from retailsync.cdc.tables import CapturedTable, load_tables, own_tables
 from retailsync.db.database import Database
 from retailsync.errors import ConfigError
 from retailsync.eventlog.postgres import PostgresEventLog
+from tests.processes import cli
 
 ERP = CapturedTable("erp.stock_levels", "erp.stock.changed", ("item_no", "warehouse"))
 
@@ -242,3 +244,44 @@ class TestTablesFile:
             "type = 'erp.stock.changed'\n"
         )
         assert load_tables(path)[-1] == ERP
+
+
+class TestSlotSafety:
+    async def test_heartbeats_move_an_idle_slot(self, cdc_db: Database, cdc_dsn: str) -> None:
+        """Nothing captured changes, yet WAL is written (here by a table not captured): the
+        heartbeats let the slot confirm past it, so the server can recycle that WAL."""
+        cfg = config()
+        await cdc_db.execute("CREATE TABLE not_captured (n int)")
+        async with capturing(cdc_db, cdc_dsn, own_tables(), cfg) as log:
+            await asyncio.sleep(0.5)
+            async with cdc_db.connection() as conn:
+                before = await slot_status(conn, cfg.slot)
+            await cdc_db.execute("INSERT INTO not_captured SELECT generate_series(1, 20000)")
+            for _ in range(100):
+                async with cdc_db.connection() as conn:
+                    after = await slot_status(conn, cfg.slot)
+                if after.confirmed_lsn > before.confirmed_lsn + 100_000:
+                    break
+                await asyncio.sleep(0.1)
+            assert await log.read(0, 10) == []  # heartbeats are not events
+        assert after.confirmed_lsn > before.confirmed_lsn + 100_000
+        assert after.wal_status in ("reserved", "extended")
+
+    async def test_cdc_status_reports_the_slot(self, cdc_db: Database, cdc_dsn: str) -> None:
+        cfg = config()
+        await prepare(cdc_db, cfg, own_tables(), snapshot_new=False)
+        env = {
+            "RETAILSYNC_CDC_SLOT": cfg.slot,
+            "RETAILSYNC_CDC_PUBLICATION": cfg.publication,
+            "RETAILSYNC_CDC_SOURCE": cfg.source,
+        }
+        result = await asyncio.to_thread(
+            cli, "--db-url", cdc_dsn, "cdc", "status", env={**env, "COLUMNS": "200"}
+        )
+        assert result.returncode == 0, result.stderr
+        assert cfg.slot in result.stdout
+        assert "reserved" in result.stdout
+        absent = await asyncio.to_thread(
+            cli, "--db-url", cdc_dsn, "cdc", "status", env={**env, "RETAILSYNC_CDC_SLOT": "nope"}
+        )
+        assert "(absent)" in absent.stdout

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from prometheus_client import REGISTRY
 
 from retailsync.cdc.capture import Capture, CaptureConfig, prepare
 from retailsync.cdc.events import ChangeEvent
@@ -200,3 +201,49 @@ async def _fetch(dsn: str, query: str) -> str:
         return str(await conn.fetchval(query))
     finally:
         await conn.close()
+
+
+async def test_a_slot_the_server_gave_up_on_is_recreated_and_snapshot(tmp_path: Path) -> None:
+    """With max_slot_wal_keep_size small, a slot nobody reads loses its WAL (wal_status
+    'lost'). The next start says so, counts it, makes a new slot, and snapshots every table."""
+    server = EmbeddedPostgres(tmp_path / "pg")  # private: the setting below is server-wide
+    server.start()
+    try:
+        target = ServerTarget(dsn=server.dsn(), pool_min=1, pool_max=3, command_timeout=60)
+        db = await Database.connect(target)
+        async with db.connection() as conn:
+            await migrate(conn)
+        await db.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        await db.execute("SELECT pg_reload_conf()")
+        cfg = CaptureConfig(source="lost", slot="lost", publication="lost")
+        assert await prepare(db, cfg, own_tables(), snapshot_new=False)
+        await db.execute("CREATE TABLE filler (v text)")
+        for _ in range(40):  # WAL well past 1MB and a few segments, nobody reading the slot
+            await db.execute(
+                "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 1000)"
+            )
+            await db.execute("SELECT pg_switch_wal()")
+        await db.execute("CHECKPOINT")
+        status = await db.fetchval(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'lost'"
+        )
+        assert status == "lost"
+        lost_before = _slots_lost()
+        assert await prepare(db, cfg, own_tables())  # recreated
+        assert _slots_lost() == lost_before + 1
+        requested = await db.fetchval(
+            "SELECT count(*) FROM cdc_snapshots WHERE source = 'lost' AND NOT done"
+        )
+        assert requested == len(own_tables())
+        status = await db.fetchval(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'lost'"
+        )
+        assert status == "reserved"
+        await db.close()
+    finally:
+        server.stop()
+
+
+def _slots_lost() -> float:
+    value = REGISTRY.get_sample_value("retailsync_cdc_slots_lost_total", {"slot": "lost"})
+    return value or 0.0
