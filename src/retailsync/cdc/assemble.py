@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from retailsync.cdc import snapshot
 from retailsync.cdc.events import ChangeEvent, Operation, event_id
 from retailsync.cdc.pgoutput import RelationCache, Row, decode_message
@@ -41,9 +43,9 @@ from retailsync.cdc.tables import CapturedTable
 HEARTBEAT_PREFIX = "retailsync.heartbeat"
 
 
-@dataclass(frozen=True, slots=True)
-class _Change:
-    """A row change or message before its transaction committed (no id yet)."""
+class _Change(msgspec.Struct, frozen=True):
+    """A row change or message before its transaction committed (no id yet). A Struct, not
+    a dataclass: one is built per change, and a frozen dataclass builds several times slower."""
 
     table: str
     type: str
@@ -90,10 +92,13 @@ class Assembler:
         self._current: _Open | None = None  # the transaction between Begin and Commit
         self._streamed: dict[int, _Open] = {}  # in-progress transactions by top-level xid
         self._stream_xid = 0
+        self._by_oid: dict[int, CapturedTable] = {}
 
     def feed(self, message: WalMessage) -> Transaction | None:
         decoded = decode_message(message.payload, protocol_version=2, in_stream=self._in_stream)
         match decoded:
+            case Insert() | Update() | Delete():  # first: nearly every message is one
+                self._add(decoded.xid, self._row_change(decoded))
             case Begin(xid=xid):
                 self._current = _Open(xid)
             case Commit(commit_lsn=commit_lsn, end_lsn=end_lsn, commit_ts_us=ts):
@@ -111,6 +116,7 @@ class Assembler:
                 self._abort(xid, subxid)
             case Relation() | TypeMessage():
                 self._relations.add(decoded)
+                self._by_oid.clear()  # a table's definition (or name) may have changed
             case LogicalMessage(transactional=False, lsn=lsn):
                 return self._standalone(decoded, lsn)
             case LogicalMessage(prefix=prefix) if prefix in (snapshot.LOW, snapshot.HIGH):
@@ -120,8 +126,6 @@ class Assembler:
                 open_tx.watermarks.append((prefix, decoded.content.decode()))
             case LogicalMessage():
                 self._add(decoded.xid, _message(decoded))
-            case Insert() | Update() | Delete():
-                self._add(decoded.xid, self._row_change(decoded))
             case Truncate(relation_oids=oids):
                 for oid in oids:
                     table = self._table(oid)
@@ -191,6 +195,12 @@ class Assembler:
         return self._commit(standalone, lsn, lsn, 0)
 
     def _table(self, oid: int) -> CapturedTable:
+        table = self._by_oid.get(oid)
+        if table is None:
+            table = self._by_oid[oid] = self._lookup(oid)
+        return table
+
+    def _lookup(self, oid: int) -> CapturedTable:
         relation = self._relations.relation(oid)
         name = f"{relation.namespace}.{relation.name}"
         table = self._tables.get(name)
