@@ -7,9 +7,9 @@ depend on, or disturb, anyone's database), for each event log backend asked for:
   drains them from its slot into the log, timed until the log has accepted all N;
   ``pg_recvlogical`` drains the same N from a slot of its own into /dev/null (no parsing, no
   log: the fastest a client can read the stream here);
-- latency: a writer commits at a fixed offered rate (100 transactions a second, rate / 100
-  rows each) while the capture runs; each transaction's commit-to-log time is the moment its
-  events were durable in the log minus its commit timestamp.
+- latency: once the capture is streaming, a writer commits at a fixed offered rate (100
+  transactions a second, rate / 100 rows each); each transaction's commit-to-log time is the
+  moment its events were durable in the log minus its commit timestamp.
 """
 
 from __future__ import annotations
@@ -128,7 +128,13 @@ async def _backend(db: Database, dsn: str, url: str, plan: CdcPlan, next_id: int
         task = asyncio.create_task(capture.run())
         per_tick = max(1, plan.rate // _TICKS_PER_SECOND)
         ticks = int(plan.seconds * _TICKS_PER_SECOND)
-        first = next_id + plan.changes
+        first = next_id + plan.changes + 1  # after the throughput rows and the warm-up row
+        # Steady state only: one change first, and the clock starts once it is through (the
+        # capture has connected and the slot is streaming).
+        await _write(db, 1, first - 1)
+        while capture.appended < 1:  # noqa: ASYNC110 - polled, as below
+            await asyncio.sleep(0.01)
+        latencies.clear()
         started = time.perf_counter()
         for tick in range(ticks):
             await db.execute(
@@ -143,7 +149,7 @@ async def _backend(db: Database, dsn: str, url: str, plan: CdcPlan, next_id: int
         offered = ticks * per_tick / (time.perf_counter() - started)
         deadline = time.perf_counter() + 30
         # Polled: the capture offers no event to wait on, and 10 ms is finer than the figures.
-        while capture.appended < ticks * per_tick and time.perf_counter() < deadline:  # noqa: ASYNC110
+        while capture.appended < 1 + ticks * per_tick and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
