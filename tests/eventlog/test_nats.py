@@ -85,7 +85,7 @@ class TestUnreachable:
     async def test_append_fails_when_the_server_is_gone(self, nats_server: NatsServer) -> None:
         log = await open_event_log(f"{nats_server.url}?stream=gone&ack_timeout=0.5")
         nats_server.kill()
-        with pytest.raises(EventLogUnavailable, match="NATS did not answer"):
+        with pytest.raises(EventLogUnavailable, match="NATS"):
             await log.append(make_events(3))
         await log.close()
 

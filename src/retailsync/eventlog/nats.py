@@ -56,6 +56,7 @@ from retailsync.eventlog.base import (
     LogRecord,
     check_consumer_args,
 )
+from retailsync.eventlog.nats_publish import Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +157,9 @@ class NatsEventLog:
         self._stream = config.stream
         self._subjects = f"{config.stream}.>"
         self._dead_stream = f"{config.stream}-dead"
-        # Publish acks come back to one subscription, keyed by the reply subject's last token.
-        self._ack_prefix = client.new_inbox()
-        self._waiting: dict[str, asyncio.Future[None]] = {}
-        self._next_ack = 0
+        self._publisher = Publisher(
+            config.server, connect_timeout=config.connect_timeout, ack_timeout=config.ack_timeout
+        )
 
     @classmethod
     async def connect(cls, config: JetStreamConfig) -> NatsEventLog:
@@ -186,7 +186,6 @@ class NatsEventLog:
                         duplicate_window=config.duplicate_window,
                     )
                 )
-                await log._nc.subscribe(f"{log._ack_prefix}.*", cb=log._on_ack)
         except BaseException:
             await log.close()
             raise
@@ -202,48 +201,19 @@ class NatsEventLog:
             await self._js.update_stream(config)
 
     async def append(self, events: Sequence[ChangeEvent]) -> None:
-        """Publish every event, then wait for every acknowledgement.
-
-        Plain publishes with a reply subject, not the client's ``publish_async``: that one
-        yields to the event loop per message, so each goes out in a write of its own (about
-        2,000/s here); these pile up in the client's buffer and leave in a few large writes.
-        """
-        if not events:
-            return
-        loop = asyncio.get_running_loop()
-        waiting: list[str] = []
-        try:
-            with _translated():
-                for e in events:
-                    self._next_ack += 1
-                    token = str(self._next_ack)
-                    self._waiting[token] = loop.create_future()
-                    waiting.append(token)
-                    await self._nc.publish(
+        """Publish every event, in order, and return once JetStream has stored them all (see
+        ``nats_publish.py`` for why this path is not nats-py's)."""
+        if events:
+            await self._publisher.publish(
+                [
+                    (
                         f"{self._stream}.{_token(e.source)}.{_token(e.table)}.{_key_hash(e)}",
+                        e.id,
                         encode_event(e),
-                        reply=f"{self._ack_prefix}.{token}",
-                        headers={_MSG_ID: e.id},
                     )
-                async with asyncio.timeout(self._config.ack_timeout):
-                    await asyncio.gather(*(self._waiting[token] for token in waiting))
-        finally:
-            for token in waiting:  # answered, or never to be: forget them either way
-                self._waiting.pop(token, None)
-
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject.rpartition(".")[2])
-        if future is None or future.done():
-            return
-        answer = msgspec.json.decode(msg.data) if msg.data else {}
-        error = answer.get("error") if isinstance(answer, dict) else None
-        if error:
-            reason = error.get("description", error) if isinstance(error, dict) else error
-            future.set_exception(EventLogError(f"JetStream refused an event: {reason}"))
-        elif msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(EventLogUnavailable("no JetStream stream answered"))
-        else:
-            future.set_result(None)
+                    for e in events
+                ]
+            )
 
     async def read(self, after_offset: int = 0, limit: int = 100) -> list[LogRecord]:
         # One request per record: `read` is for tools and replays; groups use consumers.
@@ -322,6 +292,7 @@ class NatsEventLog:
         return letters
 
     async def close(self) -> None:
+        await self._publisher.close()
         try:
             await self._nc.close()
         except OSError:
