@@ -81,12 +81,14 @@ def crdt_convergence(
 
 def _nats_here() -> list[str]:
     """The local NATS server's URL if one answers on 4222: then JetStream is measured too."""
+    import secrets
     import socket
 
     with socket.socket() as probe:
         probe.settimeout(0.5)
         if probe.connect_ex(("127.0.0.1", 4222)) == 0:
-            return ["nats://127.0.0.1:4222?stream=retailsync-bench"]
+            # A stream of its own per run, deleted afterwards (see bench/cdc.py).
+            return [f"nats://127.0.0.1:4222?stream=retailsync-bench-{secrets.token_hex(4)}"]
     return []
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from retailsync.cdc.capture import Capture, CaptureConfig, prepare
 from retailsync.cdc.slot import lsn_text
@@ -157,6 +158,8 @@ async def _backend(db: Database, dsn: str, url: str, plan: CdcPlan, next_id: int
         await db.execute("SELECT pg_drop_replication_slot($1)", config.slot)
     finally:
         await log.close()
+        if url.startswith("nats://"):
+            await _delete_streams(url)
     changes_per_s = plan.changes / seconds
     recv_per_s = plan.changes / recv_seconds
     return {
@@ -171,6 +174,21 @@ async def _backend(db: Database, dsn: str, url: str, plan: CdcPlan, next_id: int
         "latency_p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
         "latency_mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
     }
+
+
+async def _delete_streams(url: str) -> None:
+    """The stream a NATS run wrote, and its dead-letter stream: a benchmark leaves nothing."""
+    import nats  # the nats extra; only a nats:// run gets here
+
+    parts = urlsplit(url)
+    stream = dict(parse_qsl(parts.query)).get("stream", "retailsync-events")
+    client = await nats.connect(f"nats://{parts.netloc}")
+    try:
+        for name in (stream, f"{stream}-dead"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await client.jetstream().delete_stream(name)
+    finally:
+        await client.close()
 
 
 async def run_cdc_bench(
