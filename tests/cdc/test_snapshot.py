@@ -80,7 +80,7 @@ async def test_writes_during_a_snapshot_never_go_back_in_time(
     cfg = config()
     async with capturing(cdc_db, cdc_dsn, own_tables(), cfg, snapshot_new=True) as log:
         task = asyncio.create_task(writer())
-        for _ in range(400):
+        for _ in range(1200):  # up to 60 s on a loaded machine
             done = await cdc_db.fetchval(
                 "SELECT done FROM cdc_snapshots WHERE source = $1 AND table_name = $2",
                 cfg.source,
