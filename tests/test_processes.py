@@ -3,11 +3,13 @@ of acknowledged writes across kill -9, multi-worker serving, and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import signal
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -201,7 +203,21 @@ class TestDemo:
         report = " ".join(result.stdout.replace("│", " ").split())
         assert "oversold units 0 (0 in the database audit" in report
         assert "on_hand = sum of movements ok" in report
+        assert "change data capture" in report
+        assert asyncio.run(_slots_of(database_dsn)) == 0  # the demo's slot is dropped
         offline = re.search(r"(\d+) sold offline and synced \((\d+) recorded", report)
         assert offline is not None
         assert offline[1] == offline[2]
         assert "Traceback" not in result.stderr
+
+
+async def _slots_of(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+            )
+        )
+    finally:
+        await conn.close()

@@ -230,7 +230,15 @@ def _capture_setup(settings: Settings) -> tuple[CaptureConfig, list[CapturedTabl
 
 
 @cdc_app.command("run")
-def cdc_run() -> None:
+def cdc_run(
+    snapshot: Annotated[
+        bool,
+        typer.Option(
+            "--snapshot/--no-snapshot",
+            help="When the slot is new, snapshot every captured table first (or start from now)",
+        ),
+    ] = True,
+) -> None:
     """Capture every change to the captured tables into the event log, until stopped.
     Checks the tables and sets up the publication and slot first."""
     from retailsync.cdc.capture import Capture, prepare
@@ -251,7 +259,7 @@ def cdc_run() -> None:
         async def job(db: Database) -> None:
             log = await open_event_log(settings.event_log_url, db=db)
             try:
-                if await prepare(db, config, tables):
+                if await prepare(db, config, tables, snapshot_new=snapshot):
                     err.print(f"created replication slot {config.slot}")
                 err.print(f"capturing {len(tables)} tables into {settings.event_log_url}")
                 await Capture(db, target.dsn, log, config, tables).run()

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from retailsync.config import ServerTarget
 from retailsync.db.database import Database
+from retailsync.demo.capture import CaptureReport, capture_report, capturing
 from retailsync.demo.client import Api, Rejected, Stats
 from retailsync.demo.mix import run_traffic
 from retailsync.demo.server import ApiServer, DemoError
@@ -105,6 +106,7 @@ class DemoReport:
     available_total: int
     flash: FlashSale
     audit: StockAudit
+    captured: CaptureReport | None
 
     @property
     def oversold_units(self) -> int:
@@ -189,7 +191,19 @@ class DemoReport:
                 f"{self.offline.refused} sales refused beyond the allotment (conflict ledger)",
             ),
             ("available stock left", f"{self.available_total} units over all skus and locations"),
+            ("change data capture", self._capture_cell()),
         ]
+
+    def _capture_cell(self) -> str:
+        captured = self.captured
+        if captured is None:
+            return "not run (the server's wal_level is not logical)"
+        if captured.p50_ms is None or captured.p99_ms is None:
+            return f"{captured.events} events in the event log"
+        return (
+            f"{captured.events} events in the event log; commit to log p50 "
+            f"{captured.p50_ms:.1f} ms, p99 {captured.p99_ms:.1f} ms"
+        )
 
     def _consistency_rows(self) -> list[tuple[str, str]]:
         audit = self.audit
@@ -240,8 +254,8 @@ async def _show_progress(console: Console, world: World, duration: float) -> Non
 async def run_demo(
     db: Database, target: ServerTarget, plan: DemoPlan, *, console: Console
 ) -> DemoReport:
-    """Seed, start the API server, run the traffic, audit, report. Cancelling it (SIGTERM in
-    the CLI) stops the API server before returning."""
+    """Seed, start the API server and the capture, run the traffic, audit, report. Cancelling
+    it (SIGTERM in the CLI) stops both before returning."""
     console.print(
         await load_seed(db, SeedPlan(seed=plan.seed, products=plan.products), console=console)
     )
@@ -249,22 +263,27 @@ async def run_demo(
     with ApiServer(target.dsn, workers=plan.workers) as server:
         console.print(f"API server on {server.url} with {plan.workers} worker(s)")
         await server.wait_ready()
-        flash_start = await _stage_flash_sale(server.url, keys[Channel.WAREHOUSE])
-        console.print(
-            f"flash sale: {DOORBUSTER} set to {FLASH_UNITS_PER_LOCATION} per {FLASH_REGION} "
-            f"location ({flash_start} units)"
-        )
-        # Movements after this id are the run's: no traffic has started yet.
-        mark = await db.fetchval("SELECT coalesce(max(id), 0) FROM stock_movements")
-        started = time.monotonic()
-        world = World(server.url, keys, plan.products, plan.seed, started + plan.duration)
-        async with asyncio.TaskGroup() as group:
-            traffic = group.create_task(run_traffic(world))
-            group.create_task(_show_progress(console, world, plan.duration))
-        seconds = time.monotonic() - started
-        code = server.exit_code()
-        if code is not None:
-            raise server.failure(f"the API server exited with code {code} during the run")
+        async with capturing(db, target.dsn) as source:
+            if source is None:
+                console.print("no change data capture: the server's wal_level is not logical")
+            else:
+                console.print(f"change data capture on slot {source}")
+            flash_start = await _stage_flash_sale(server.url, keys[Channel.WAREHOUSE])
+            console.print(
+                f"flash sale: {DOORBUSTER} set to {FLASH_UNITS_PER_LOCATION} per {FLASH_REGION} "
+                f"location ({flash_start} units)"
+            )
+            # Movements after this id are the run's: no traffic has started yet.
+            mark = await db.fetchval("SELECT coalesce(max(id), 0) FROM stock_movements")
+            started = time.monotonic()
+            world = World(server.url, keys, plan.products, plan.seed, started + plan.duration)
+            async with asyncio.TaskGroup() as group:
+                traffic = group.create_task(run_traffic(world))
+                group.create_task(_show_progress(console, world, plan.duration))
+            seconds = time.monotonic() - started
+            code = server.exit_code()
+            if code is not None:
+                raise server.failure(f"the API server exited with code {code} during the run")
     if server.log_path is not None:
         console.print(f"the API server logged warnings or errors: see {server.log_path}")
     async with db.connection() as conn:
@@ -283,7 +302,8 @@ async def run_demo(
                 mark,
             ),
         )
-    return _report(world, seconds, traffic.result(), flash_start, database, audit)
+    captured = await capture_report(db, source)
+    return _report(world, seconds, traffic.result(), flash_start, database, audit, captured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +329,7 @@ def _report(
     flash_start: int,
     database: _DatabaseView,
     audit: StockAudit,
+    captured: CaptureReport | None,
 ) -> DemoReport:
     ledger, stats = world.ledger, world.stats
     sold = ledger.units_sold()
@@ -348,4 +369,5 @@ def _report(
             turned_away=ledger.doorbuster_turned_away,
         ),
         audit=audit,
+        captured=captured,
     )

@@ -1,4 +1,5 @@
-"""The API server as a child process: ``python -m retailsync serve`` on a free local port.
+"""The API server and the capture as child processes (``python -m retailsync serve`` on a free
+local port, ``retailsync cdc run``).
 
 The demo talks to the same server a deployment runs, over real HTTP, rather than to an
 in-process app: what it measures includes the HTTP stack and the worker processes.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -30,39 +33,28 @@ class DemoError(RetailsyncError):
     """The demo could not run (the API server failed, or refused the setup)."""
 
 
-class ApiServer:
-    """``retailsync serve`` against ``dsn``; a context manager that always stops it."""
+class Child:
+    """A ``retailsync`` command against ``dsn`` as a child process; a context manager that
+    always stops it."""
 
-    def __init__(self, dsn: str, *, workers: int) -> None:
-        self.port = free_port(_HOST)
-        self.url = f"http://{_HOST}:{self.port}"
-        self._args = [
-            sys.executable,
-            "-m",
-            "retailsync",
-            "--db-url",
-            dsn,
-            # Access logs would cost the server CPU the demo wants to spend on requests.
-            "--log-level",
-            "warning",
-            "serve",
-            "--host",
-            _HOST,
-            "--port",
-            str(self.port),
-            "--workers",
-            str(workers),
-        ]
+    name = "child"
+
+    def __init__(self, dsn: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        # Warnings only: access logs would cost CPU the demo wants to spend on requests.
+        self._args = [sys.executable, "-m", "retailsync", "--db-url", dsn, "--log-level"]
+        self._args += ["warning", *command]
+        self._env = None if env is None else {**os.environ, **env}
         self._process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
-    def __enter__(self) -> ApiServer:
+    def __enter__(self) -> Self:
         with tempfile.NamedTemporaryFile(
-            prefix="retailsync-demo-server-", suffix=".log", delete=False
+            prefix=f"retailsync-demo-{self.name}-", suffix=".log", delete=False
         ) as log:
             self.log_path = Path(log.name)
             self._process = subprocess.Popen(
                 self._args,
+                env=self._env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -119,6 +111,18 @@ class ApiServer:
             return DemoError(f"{what}; it logged nothing")
         return DemoError(f"{what}; last lines of {self.log_path}:\n{tail}")
 
+
+class ApiServer(Child):
+    """``retailsync serve`` on a free local port."""
+
+    name = "server"
+
+    def __init__(self, dsn: str, *, workers: int) -> None:
+        self.port = free_port(_HOST)
+        self.url = f"http://{_HOST}:{self.port}"
+        command = ["serve", "--host", _HOST, "--port", str(self.port)]
+        super().__init__(dsn, [*command, "--workers", str(workers)])
+
     async def wait_ready(self) -> None:
         """Until GET /healthz answers 200 (the server is up and reaches the database)."""
         deadline = time.monotonic() + _READY_TIMEOUT
@@ -133,3 +137,18 @@ class ApiServer:
                 if time.monotonic() > deadline:
                     raise self.failure(f"the API server was not ready after {_READY_TIMEOUT:.0f} s")
                 await asyncio.sleep(0.1)
+
+
+class CaptureProcess(Child):
+    """``retailsync cdc run`` on a slot of the demo's own, starting from now."""
+
+    name = "capture"
+
+    def __init__(self, dsn: str, slot: str) -> None:
+        env = {
+            "RETAILSYNC_CDC_SLOT": slot,
+            "RETAILSYNC_CDC_PUBLICATION": slot,
+            "RETAILSYNC_CDC_SOURCE": slot,
+            "RETAILSYNC_CDC_METRICS_PORT": "0",
+        }
+        super().__init__(dsn, ["cdc", "run", "--no-snapshot"], env)
