@@ -82,6 +82,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         # Each worker is an HLC node of its own: decisions it stamps never tie another's.
         hlc = HLC(f"server-{os.getpid()}", max_drift_ms=settings.max_clock_drift_ms)
         app.state.hlc = hlc
+        app.state.appliers = appliers(hlc)  # for the reconciliation chore and admin decisions
         app.state.event_log = await open_event_log(settings.event_log_url, db=database)
         chores = [
             asyncio.create_task(
@@ -95,7 +96,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
                 _every(
                     settings.reconcile_interval_seconds,
                     "conflict reconciliation",
-                    partial(reconcile_queued, database, appliers(hlc)),
+                    partial(reconcile_queued, database, app.state.appliers),
                 )
             ),
         ]

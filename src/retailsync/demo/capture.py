@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from retailsync.cdc.slot import drop_slot, quote_ident
 from retailsync.db.database import Database
 from retailsync.demo.server import CaptureProcess
 
+log = logging.getLogger(__name__)
 _READY_TIMEOUT = 30.0
 _DRAIN_QUIET = 1.0  # the capture has caught up once the log stops growing for this long
 _DRAIN_TIMEOUT = 15.0
@@ -95,10 +97,21 @@ async def _drain(db: Database, source: str) -> None:
 
 
 async def _forget(db: Database, slot: str) -> None:
+    failure: Exception | None = None
     for _ in range(50):  # the stopped capture's walsender may hold the slot a moment longer
-        with contextlib.suppress(Exception):
+        try:
             async with db.connection() as conn:
                 await drop_slot(conn, slot)
                 await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(slot)}")
+        except Exception as exc:  # retried; said below if it never succeeds
+            failure = exc
+            await asyncio.sleep(0.1)
+        else:
             return
-        await asyncio.sleep(0.1)
+    log.warning(
+        "could not drop the demo's replication slot %s (%s): drop it by hand, or it keeps "
+        "the server's WAL: SELECT pg_drop_replication_slot('%s')",
+        slot,
+        failure,
+        slot,
+    )

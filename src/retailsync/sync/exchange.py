@@ -16,7 +16,6 @@ from typing import Any
 from uuid import UUID
 
 from retailsync.access import Principal
-from retailsync.conflicts import ledger
 from retailsync.conflicts.ledger import ConflictKind, ConflictReport, ConflictVersion
 from retailsync.crdt import (
     HLC,
@@ -186,5 +185,4 @@ async def _record_refusal(conn: Connection, replica: str, refusal: Refusal) -> l
         ],
         note="refused at the replica: beyond its allotment",
     )
-    recorded = await ledger.record(conn, report, name.policy.tier)
-    return [] if recorded is None else [recorded.id]
+    return await registers.record_conflict(conn, name, report)

@@ -85,10 +85,10 @@ async def _record_lww(conn: Connection, name: ObjectName, conflict: LWWConflict[
         [_version(conflict.winner), _version(conflict.loser)],
         chosen=0,
     )
-    return await _record(conn, name, report)
+    return await record_conflict(conn, name, report)
 
 
-async def _record(conn: Connection, name: ObjectName, report: ConflictReport) -> list[int]:
+async def record_conflict(conn: Connection, name: ObjectName, report: ConflictReport) -> list[int]:
     """Record a conflict; [] when the ledger already holds it."""
     recorded = await ledger.record(conn, report, name.policy.tier)
     return [] if recorded is None else [recorded.id]
@@ -120,7 +120,7 @@ async def merge_mv(
                     for value, origins in sorted(register.origins().items())
                 ],
             )
-            recorded = await _record(conn, name, report)
+            recorded = await record_conflict(conn, name, report)
         stored.source_version = None if row is None else row.version
     else:
         (value,) = register.value or {None}

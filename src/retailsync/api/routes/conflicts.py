@@ -14,7 +14,6 @@ from retailsync.conflicts import ledger, reconcile
 from retailsync.conflicts.ledger import Conflict
 from retailsync.db.database import Connection
 from retailsync.errors import RequestInvalid
-from retailsync.sync.appliers import appliers
 
 router = APIRouter(tags=["conflicts"])
 Admin = Annotated[Principal, Depends(requires(Scope.CONFLICTS))]
@@ -56,7 +55,7 @@ async def resolve(
             )
         closed = await reconcile.apply_choice(
             conn,
-            appliers(request.app.state.hlc),
+            request.app.state.appliers,
             conflict,
             body.choose,
             by=f"admin:{principal.key_id}",
