@@ -11,12 +11,15 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retailsync.errors import ConfigError
+
+if TYPE_CHECKING:  # the engine imports the database layer, which imports this module
+    from retailsync.inventory.engine import EngineConfig
 
 ENV_PREFIX = "RETAILSYNC_"
 # Variables under this prefix belong to the test suite, not to the service.
@@ -186,7 +189,36 @@ class Settings(BaseModel):
     cdc_heartbeat_seconds: float = Field(
         10.0, ge=0.1, le=3600, description="Interval of heartbeat messages into the WAL"
     )
+    hold_strategy: Literal["auto", "pessimistic", "optimistic", "atomic", "batched", "escrow"] = (
+        Field("auto", description="Strategy of skus whose reservation policy names none")
+    )
+    hot_sku_rps: float = Field(
+        50.0, gt=0, le=1_000_000, description="Hold requests a second that make a sku hot"
+    )
+    low_stock_threshold: int = Field(
+        20, ge=0, le=1_000_000_000, description="Units below which a sku is never put in escrow"
+    )
+    escrow_lanes: int = Field(2, ge=1, le=16, description="Escrow lanes per worker process")
+    escrow_lease_seconds: float = Field(
+        10.0, ge=1, le=3600, description="Lease of an escrow allotment, renewed while alive"
+    )
+    inventory_pool_max: int = Field(
+        8, ge=2, le=200, description="Connections of each worker's reservation engine"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        from retailsync.inventory.engine import EngineConfig
+        from retailsync.inventory.model import StrategyName
+
+        return EngineConfig(
+            default_strategy=StrategyName(self.hold_strategy),
+            hot_rps=self.hot_sku_rps,
+            low_stock_threshold=self.low_stock_threshold,
+            escrow_lanes=self.escrow_lanes,
+            lease_seconds=self.escrow_lease_seconds,
+        )
 
     @property
     def database(self) -> DatabaseTarget:

@@ -20,6 +20,7 @@
           +-- Unauthorized           no or unknown API key
           +-- Forbidden              the key's channel lacks the scope
           +-- IdempotencyKeyReused   same Idempotency-Key, different request
+          |    +-- HoldKeyReused      ... for a hold, whose key is its identity (409)
           +-- IdempotencyKeyInvalid  the Idempotency-Key header is malformed
 
 Driver errors (asyncpg, OS) are translated where they enter, chained with ``raise ... from exc``.
@@ -135,17 +136,22 @@ class VersionConflict(DomainError):
 
 
 class Shortage:
-    """One line that could not be covered: what was asked and what was available."""
+    """One line that could not be covered: what was asked and what was available (at one
+    location, when the request named it)."""
 
-    __slots__ = ("available", "requested", "sku")
+    __slots__ = ("available", "location", "requested", "sku")
 
-    def __init__(self, sku: str, requested: int, available: int) -> None:
+    def __init__(
+        self, sku: str, requested: int, available: int, location: str | None = None
+    ) -> None:
         self.sku = sku
         self.requested = requested
         self.available = available
+        self.location = location
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sku": self.sku, "requested": self.requested, "available": self.available}
+        place = {} if self.location is None else {"location": self.location}
+        return {"sku": self.sku, **place, "requested": self.requested, "available": self.available}
 
 
 class InsufficientStock(DomainError):
@@ -208,6 +214,11 @@ class IdempotencyKeyReused(DomainError):
     def __init__(self, key: str) -> None:
         self.key = key
         super().__init__(f"Idempotency-Key {key!r} was already used for a different request")
+
+
+class HoldKeyReused(IdempotencyKeyReused):
+    """A hold's idempotency key is the hold's identity: reusing it for another request
+    conflicts with a resource that exists (409), unlike a replayed answer (422)."""
 
 
 class IdempotencyKeyInvalid(DomainError):

@@ -3,6 +3,7 @@ declared once; request bodies, which are stricter, live in ``api/schemas.py``.""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -14,6 +15,8 @@ SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 LOCATION_PATTERN = SKU_PATTERN
 REGION_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
+CUSTOMER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+CustomerIdPattern = re.compile(CUSTOMER_PATTERN)
 
 Sku = Annotated[str, StringConstraints(pattern=SKU_PATTERN)]
 LocationId = Annotated[str, StringConstraints(pattern=LOCATION_PATTERN)]
@@ -127,7 +130,8 @@ class StatusChange(Entity):
 
 class Order(Entity):
     id: UUID
-    cart_id: UUID
+    cart_id: UUID | None = Field(description="The cart checked out; null for a committed hold")
+    hold_id: UUID | None = Field(description="The hold committed into this order, if any")
     customer_id: str
     region: str
     channel: str
@@ -139,6 +143,18 @@ class Order(Entity):
     version: int
     created_at: datetime
     updated_at: datetime
+
+
+class ReservationPolicy(Entity):
+    sku: str
+    strategy: str
+    per_customer_limit: int | None = Field(description="Units one customer may hold or buy")
+    low_stock_threshold: int | None = Field(
+        description="Below this, the sku's last units are sold from its row alone (no escrow); "
+        "null: the server's default"
+    )
+    version: int = Field(description="0 while the sku has the default policy")
+    updated_at: datetime | None
 
 
 class ApiKey(Entity):

@@ -9,14 +9,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from functools import partial
 
 from fastapi import FastAPI
 from starlette.responses import Response
 
 from retailsync import __version__
-from retailsync.api import problems
+from retailsync.api import openapi, problems
 from retailsync.api.body_limit import BodyLimit
 from retailsync.api.routes import (
     carts,
@@ -26,15 +26,19 @@ from retailsync.api.routes import (
     orders,
     prices,
     products,
+    reservations,
     stock,
     sync,
 )
+from retailsync.chores import every
 from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.conflicts.reconcile import reconcile_queued
 from retailsync.crdt import HLC
 from retailsync.db.database import Database
 from retailsync.errors import ConfigError
 from retailsync.eventlog.factory import open_event_log
+from retailsync.inventory.engine import InventoryEngine
+from retailsync.inventory.model import Hold
 from retailsync.observe.metrics import HttpMetrics, exposition
 from retailsync.services.idempotency import forget_expired
 from retailsync.services.keys import KeyVerifier
@@ -44,19 +48,18 @@ log = logging.getLogger(__name__)
 _SWEEP_INTERVAL = 60.0
 
 
-async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
-    """Run ``job`` every ``seconds`` until cancelled; a failed run is logged, the next retries."""
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await job()
-        except Exception:
-            log.exception("%s failed", what)
-
-
 async def _sweep_idempotency(db: Database, ttl_seconds: int) -> None:
     async with db.connection() as conn:
         await forget_expired(conn, ttl_seconds)
+
+
+def target_of(settings: Settings) -> ServerTarget:
+    target = settings.database
+    if not isinstance(target, ServerTarget):
+        raise ConfigError(
+            "RETAILSYNC_DB_URL", settings.db_url, "start embedded:// through `retailsync serve`"
+        )
+    return target
 
 
 def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
@@ -66,17 +69,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_db = db is None
-        if db is None:
-            target = settings.database
-            if not isinstance(target, ServerTarget):
-                raise ConfigError(
-                    "RETAILSYNC_DB_URL",
-                    settings.db_url,
-                    "start embedded:// through `retailsync serve`",
-                )
-            database = await Database.connect(target)
-        else:
-            database = db
+        database = await Database.connect(target_of(settings)) if db is None else db
         app.state.db = database
         app.state.keys = KeyVerifier(database, ttl=settings.api_key_cache_seconds)
         # Each worker is an HLC node of its own: decisions it stamps never tie another's.
@@ -84,16 +77,26 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         app.state.hlc = hlc
         app.state.appliers = appliers(hlc)  # for the reconciliation chore and admin decisions
         app.state.event_log = await open_event_log(settings.event_log_url, db=database)
+        engine_db = await Database.connect(
+            ServerTarget(
+                dsn=target_of(settings).dsn,
+                pool_min=1,
+                pool_max=settings.inventory_pool_max,
+                command_timeout=30.0,
+            )
+        )
+        app.state.engine = InventoryEngine(engine_db, settings.engine_config)
+        await app.state.engine.start()
         chores = [
             asyncio.create_task(
-                _every(
+                every(
                     _SWEEP_INTERVAL,
                     "idempotency sweep",
                     partial(_sweep_idempotency, database, settings.idempotency_ttl_seconds),
                 )
             ),
             asyncio.create_task(
-                _every(
+                every(
                     settings.reconcile_interval_seconds,
                     "conflict reconciliation",
                     partial(reconcile_queued, database, app.state.appliers),
@@ -108,6 +111,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             for chore in chores:
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
+            await app.state.engine.close()
+            await engine_db.close()
             await app.state.event_log.close()
             if own_db:
                 await database.close()
@@ -119,7 +124,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (products, prices, stock, locations, carts, orders, sync, conflicts, changes):
+    openapi.install(app, [Hold])
+    routes = (products, prices, stock, locations, carts, orders, reservations, sync, conflicts)
+    for module in (*routes, changes):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

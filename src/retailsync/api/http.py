@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+import msgspec
 from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -41,8 +42,17 @@ def if_none_match_any(request: Request) -> bool:
     return request.headers.get("if-none-match", "").strip() == "*"
 
 
+Document = BaseModel | msgspec.Struct  # pydantic entities, or the engine's structs (holds)
+
+
+def encode(document: Document) -> bytes:
+    if isinstance(document, BaseModel):
+        return document.model_dump_json().encode()
+    return msgspec.json.encode(document)
+
+
 def json_response(
-    model: BaseModel,
+    model: Document,
     *,
     status_code: int = 200,
     version: int | None = None,
@@ -52,14 +62,14 @@ def json_response(
     if version is not None:
         all_headers["ETag"] = etag(version)
     return Response(
-        model.model_dump_json().encode(),
+        encode(model),
         status_code=status_code,
         headers=all_headers,
         media_type="application/json",
     )
 
 
-def read_response(request: Request, model: BaseModel, tag: str) -> Response:
+def read_response(request: Request, model: Document, tag: str) -> Response:
     """A GET answer carrying ``tag``; 304 when the client already holds it."""
     if request.headers.get("if-none-match", "").strip() in (tag, f"W/{tag}"):
         return Response(status_code=304, headers={"ETag": tag})
@@ -72,7 +82,7 @@ def read_response(request: Request, model: BaseModel, tag: str) -> Response:
 class Reply:
     """What a write produced, before it becomes (and is stored as) an HTTP response."""
 
-    model: BaseModel
+    model: Document
     status_code: int = 200
     version: int | None = None
     headers: dict[str, str] = field(default_factory=dict)

@@ -34,6 +34,7 @@ _DOMAIN: Mapping[type[errors.DomainError], tuple[int, str]] = {
     errors.Refused: (409, "refused"),
     errors.VersionConflict: (412, "version-conflict"),
     errors.AlreadyExists: (412, "already-exists"),
+    errors.HoldKeyReused: (409, "idempotency-key-reused"),
     errors.IdempotencyKeyReused: (422, "idempotency-key-reused"),
 }
 

@@ -8,7 +8,15 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
-from retailsync.models import Currency, LocationKind, RegionId
+from retailsync.inventory.model import MAX_LINES, MAX_QUANTITY, TTL_MAX_MS, TTL_MIN_MS
+from retailsync.models import (
+    CUSTOMER_PATTERN,
+    Currency,
+    LocationId,
+    LocationKind,
+    RegionId,
+    Sku,
+)
 
 StrictText = Annotated[str, Strict()]
 AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -19,7 +27,7 @@ AttributeValue = (
 )
 CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9-]*(/[a-z0-9][a-z0-9-]*)*$"
 Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN, max_length=200)]
-CustomerId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+CustomerId = Annotated[str, StringConstraints(pattern=CUSTOMER_PATTERN)]
 
 
 class Body(BaseModel):
@@ -69,6 +77,42 @@ class CartLineBody(Body):
 
 class OrderBody(Body):
     cart_id: UUID
+    hold_id: UUID | None = Field(
+        None,
+        description="A hold of exactly the cart's lines, taken earlier; none: one is taken now",
+    )
+
+
+class HoldLineBody(Body):
+    sku: Annotated[Sku, Strict()]
+    location: Annotated[LocationId, Strict()]
+    quantity: Annotated[int, Strict(), Field(ge=1, le=MAX_QUANTITY)]
+
+
+class HoldBody(Body):
+    lines: Annotated[list[HoldLineBody], Field(min_length=1, max_length=MAX_LINES)]
+    ttl_ms: Annotated[int, Strict(), Field(ge=TTL_MIN_MS, le=TTL_MAX_MS)] = Field(
+        15 * 60 * 1000, description="Milliseconds until an uncommitted hold gives its stock back"
+    )
+    customer_id: Annotated[CustomerId | None, Strict()] = Field(
+        None, description="Needed for skus under a purchase limit"
+    )
+    commit: Annotated[bool, Strict()] = Field(
+        False, description="Commit at once into an order (a POS sale)"
+    )
+    currency: Annotated[Currency | None, Strict()] = Field(
+        None, description="The order's currency when committing; default: the one priced"
+    )
+
+
+class CommitBody(Body):
+    currency: Annotated[Currency | None, Strict()] = None
+
+
+class PolicyBody(Body):
+    strategy: Literal["auto", "pessimistic", "optimistic", "atomic", "batched", "escrow"] = "auto"
+    per_customer_limit: Annotated[int | None, Strict(), Field(ge=1, le=1_000_000)] = None
+    low_stock_threshold: Annotated[int | None, Strict(), Field(ge=0, le=1_000_000_000)] = None
 
 
 class StatusBody(Body):

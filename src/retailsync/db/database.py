@@ -20,7 +20,7 @@ else:
     Pool = asyncpg.Pool
 
 # Errors that mean "the database is not reachable", as opposed to "the query was refused".
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -52,7 +52,7 @@ class Database:
                 command_timeout=target.command_timeout,
                 init=_init_connection,
             )
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         return cls(pool)
 
@@ -66,7 +66,7 @@ class Database:
             async with self._pool.acquire() as conn:
                 # The pool hands out a proxy that behaves as the connection it wraps.
                 yield conn  # type: ignore[misc]
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE_ERRORS as exc:
             raise DatabaseUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
 
     @asynccontextmanager

@@ -290,7 +290,7 @@ async def run_demo(
         audit = await audit_stock(conn)
         database = _DatabaseView(
             available_total=await conn.fetchval(
-                "SELECT coalesce(sum(on_hand - reserved), 0)::bigint FROM stock"
+                "SELECT coalesce(sum(available), 0)::bigint FROM stock_levels"
             ),
             flash_left=await conn.fetchval(_AVAILABLE_IN_REGION, DOORBUSTER, FLASH_REGION),
             receipts=await conn.fetchval(
@@ -317,8 +317,8 @@ class _DatabaseView:
 
 
 _AVAILABLE_IN_REGION = """
-SELECT coalesce(sum(s.on_hand - s.reserved), 0)::bigint
-FROM stock s JOIN locations l ON l.id = s.location WHERE s.sku = $1 AND l.region = $2
+SELECT coalesce(sum(s.available), 0)::bigint
+FROM stock_levels s JOIN locations l ON l.id = s.location WHERE s.sku = $1 AND l.region = $2
 """
 
 

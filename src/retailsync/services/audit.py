@@ -4,7 +4,8 @@ Three independent checks per sku x location, each from a different table than th
 checks, so a bug that corrupted stock.on_hand or stock.reserved cannot hide itself:
 
 - on_hand equals the sum of its movements (receipts, adjustments, shipments);
-- reserved equals the open reservations (held, committed, or allotted to an offline replica);
+- reserved equals the open reservations (held, committed, or allotted to an offline replica),
+  reading stock through ``stock_levels``, where units in escrow allotments are available;
 - units promised (open or fulfilled) never exceed the units that ever came in (receipts plus
   adjustments): the excess, if any, is oversold.
 """
@@ -44,7 +45,7 @@ WITH moves AS (
 SELECT s.sku, s.location, s.on_hand, s.reserved,
        coalesce(m.net, 0) AS net, coalesce(m.inflow, 0) AS inflow,
        coalesce(p.open, 0) AS open, coalesce(p.total, 0) AS promised
-FROM stock s
+FROM stock_levels s
 LEFT JOIN moves m USING (sku, location)
 LEFT JOIN promised p USING (sku, location)
 """

@@ -1,6 +1,8 @@
 """Stock per sku x location: warehouse receipts and adjustments, and the stock view.
 
 ``available = on_hand - reserved``; the database's CHECKs keep ``0 <= reserved <= on_hand``.
+Channels see stock through the ``stock_levels`` view, where units in escrow allotments count
+as available (an engine lane sells them) rather than reserved.
 Receipts and adjustments are deltas, so concurrent ones commute and none is lost; a write may
 still name the version it read (If-Match) when the client wants to act on what it saw.
 Every change to on_hand is recorded in stock_movements, the trail the oversell check reads.
@@ -22,7 +24,7 @@ def _at_location(row: asyncpg.Record, region: str) -> StockAtLocation:
         region=region,
         on_hand=row["on_hand"],
         reserved=row["reserved"],
-        available=row["on_hand"] - row["reserved"],
+        available=row["available"],
         version=row["version"],
     )
 
@@ -62,7 +64,7 @@ async def _move(
         row = await conn.fetchrow(
             "INSERT INTO stock (sku, location, on_hand) VALUES ($1, $2, $3) "
             "ON CONFLICT (sku, location) DO UPDATE SET on_hand = stock.on_hand + EXCLUDED.on_hand "
-            "RETURNING *",
+            "RETURNING 1",
             sku,
             location,
             delta,
@@ -70,21 +72,19 @@ async def _move(
     else:
         row = await conn.fetchrow(
             "UPDATE stock SET on_hand = on_hand + $3 "
-            "WHERE sku = $1 AND location = $2 AND on_hand + $3 >= reserved RETURNING *",
+            "WHERE sku = $1 AND location = $2 AND on_hand + $3 >= reserved RETURNING 1",
             sku,
             location,
             delta,
         )
         if row is None:
             level = await conn.fetchrow(
-                "SELECT on_hand - reserved AS available FROM stock "
-                "WHERE sku = $1 AND location = $2",
+                "SELECT available FROM stock_levels WHERE sku = $1 AND location = $2",
                 sku,
                 location,
             )
             available = level["available"] if level else 0
             raise InsufficientStock([Shortage(sku, -delta, available)])
-    assert row is not None
     await conn.execute(
         "INSERT INTO stock_movements (sku, location, delta, kind, reason) "
         "VALUES ($1, $2, $3, $4, $5)",
@@ -94,7 +94,11 @@ async def _move(
         kind,
         reason,
     )
-    return _at_location(row, region)
+    level = await conn.fetchrow(
+        "SELECT * FROM stock_levels WHERE sku = $1 AND location = $2", sku, location
+    )
+    assert level is not None
+    return _at_location(level, region)
 
 
 async def receive(
@@ -142,7 +146,7 @@ async def adjust(
 async def get_stock(conn: Connection, sku: str) -> StockLevel:
     await require_row(conn, table="products", kind="product", key={"sku": sku})
     rows = await conn.fetch(
-        "SELECT s.*, l.region FROM stock s JOIN locations l ON l.id = s.location "
+        "SELECT s.*, l.region FROM stock_levels s JOIN locations l ON l.id = s.location "
         "WHERE s.sku = $1 ORDER BY s.location",
         sku,
     )

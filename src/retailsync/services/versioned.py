@@ -32,7 +32,7 @@ async def current_version(
     """The row's version (0 for tables without one), or None when the row does not exist."""
     where = " AND ".join(f"{col} = ${i}" for i, col in enumerate(key, 1))
     column = "version" if versioned else "0"
-    suffix = " FOR UPDATE" if lock else ""
+    suffix = " FOR NO KEY UPDATE" if lock else ""
     version: int | None = await conn.fetchval(
         f"SELECT {column} FROM {table} WHERE {where}{suffix}", *key.values()
     )

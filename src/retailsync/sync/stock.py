@@ -79,7 +79,7 @@ async def _allot(conn: Connection, sku: str, location: str, replica: str, wanted
     granted: int = (
         await conn.fetchval(
             "WITH level AS (SELECT least($3, on_hand - reserved) AS n FROM stock "
-            "  WHERE sku = $1 AND location = $2 FOR UPDATE) "
+            "  WHERE sku = $1 AND location = $2 FOR NO KEY UPDATE) "
             "UPDATE stock SET reserved = reserved + level.n FROM level "
             "WHERE sku = $1 AND location = $2 AND level.n > 0 RETURNING level.n",
             sku,

@@ -29,14 +29,20 @@ async def checkout(
     body: OrderBody,
     principal: Annotated[Principal, Depends(requires(Scope.SELL))],
 ) -> Response:
-    """Check out a cart: reserve its stock in the cart's region and place the order, all or
-    nothing."""
+    """Check out a cart: hold its stock in the cart's region (or commit ``hold_id``, a hold of
+    exactly its lines) and place the order, all or nothing."""
 
     placed: Order | None = None  # stays None when the answer is a replay
 
     async def work(conn: Connection) -> Reply:
         nonlocal placed
-        placed = await orders.checkout(conn, body.cart_id, channel=principal.channel)
+        placed = await orders.checkout(
+            conn,
+            body.cart_id,
+            channel=principal.channel,
+            engine=request.app.state.engine,
+            hold_id=body.hold_id,
+        )
         return Reply(
             placed,
             status_code=201,

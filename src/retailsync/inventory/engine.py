@@ -1,0 +1,238 @@
+"""The reservation engine of one process: routes each hold to its sku's strategy, runs the
+group committers, escrow lanes and the expiry chore.
+
+``auto`` (the default policy) picks the path from what the sku is doing: while it is hot (at
+least ``hot_rps`` requests a second) and well stocked (above its low-stock threshold), escrow;
+otherwise its stock row directly, by group commit, where a lone request is simply a batch of
+one. A sku changes path between one request and the next: requests already queued finish
+where they are, so none is dropped.
+
+The engine has a pool of its own, so a caller holding a connection of the application's
+pool (checkout, in its transaction) can never starve the engine of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from retailsync.chores import every
+from retailsync.db.database import Database
+from retailsync.errors import DomainError, Refused
+from retailsync.inventory import escrow, ledger, metrics
+from retailsync.inventory.batched import GroupCommitter
+from retailsync.inventory.direct import Atomic, DirectStrategy, Optimistic, Pessimistic
+from retailsync.inventory.model import Hold, HoldRequest, Policy, StrategyName
+from retailsync.inventory.rates import RateMeter
+
+log = logging.getLogger(__name__)
+
+_POLICY_REFRESH_S = 2.0
+_LOW_MEMORY_S = 1.0  # how long a sku found low stays on the direct path before escrow retries
+_EXPIRY_BATCH = 1000
+_DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    default_strategy: StrategyName = StrategyName.AUTO
+    hot_rps: float = 50.0
+    low_stock_threshold: int = 20
+    escrow_lanes: int = 2
+    lease_seconds: float = 10.0
+    expiry_interval_s: float = 0.1
+    max_batch: int = 512
+    committer_lanes: int = 2
+    optimistic_attempts: int = 8
+
+
+class InventoryEngine:
+    def __init__(self, db: Database, config: EngineConfig = EngineConfig()) -> None:
+        """``db``: the engine's own pool (see the module docstring)."""
+        self.db = db
+        self.config = config
+        self.id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._policies: dict[str, Policy] = {}
+        self._rates = RateMeter()
+        self._demand = RateMeter()
+        self._route_of: dict[str, StrategyName] = {}
+        self._chores: list[asyncio.Task[None]] = []
+        self._batched: GroupCommitter | None = None
+        self._escrow: escrow.Escrow | None = None
+        self._direct: dict[StrategyName, DirectStrategy] = {}
+
+    async def start(self) -> None:
+        try:
+            await self.refresh_policies()
+        except Exception as exc:  # the refresh chore keeps trying; holds wait for nothing
+            log.warning("reservation policies not loaded yet: %s", exc)
+        self._batched = GroupCommitter(
+            self.db,
+            strategy=StrategyName.BATCHED,
+            lanes=self.config.committer_lanes,
+            max_batch=self.config.max_batch,
+        )
+        self._escrow = escrow.Escrow(
+            self.db,
+            engine_id=self.id,
+            lanes=self.config.escrow_lanes,
+            lease_seconds=self.config.lease_seconds,
+            fallback=self._batched,
+            floor_of=self._floor,
+            demand_of=self._demand.rate,
+            max_batch=self.config.max_batch,
+        )
+        attempts = self.config.optimistic_attempts
+        self._direct = {
+            StrategyName.PESSIMISTIC: Pessimistic(self.db),
+            StrategyName.OPTIMISTIC: Optimistic(self.db, max_attempts=attempts),
+            StrategyName.ATOMIC: Atomic(self.db),
+        }
+        self._chores = [
+            asyncio.create_task(every(_POLICY_REFRESH_S, "policy refresh", self.refresh_policies)),
+            asyncio.create_task(every(self.config.expiry_interval_s, "expiry", self.expire_due)),
+            asyncio.create_task(
+                every(self.config.lease_seconds / 2, "escrow reclaim", self._reclaim)
+            ),
+        ]
+
+    async def close(self) -> None:
+        for chore in self._chores:
+            chore.cancel()
+        for chore in self._chores:
+            with contextlib.suppress(asyncio.CancelledError):
+                await chore
+        if self._escrow is not None:
+            await self._escrow.close()
+        if self._batched is not None:
+            await self._batched.close()
+
+    # --- holds ---------------------------------------------------------------------------
+
+    async def hold(self, request: HoldRequest, *, strategy: StrategyName | None = None) -> Hold:
+        """Place a hold (or replay the one its key made). ``strategy`` overrides the skus'
+        policies (benchmarks). Raises the refusal; nothing is written then."""
+        policies = [self._policies.get(line.sku, _DEFAULT_POLICY) for line in request.lines]
+        limits = [policy.per_customer_limit for policy in policies]
+        if request.customer_id is None and any(limits):
+            raise Refused(
+                "customer-required",
+                "a sku under a purchase limit can only be held for a named customer_id",
+            )
+        for line in request.lines:
+            self._rates.add(line.sku)
+            self._demand.add(line.sku, line.quantity)
+        chosen = strategy or self._choose(request, policies)
+        started = time.perf_counter()
+        try:
+            hold = await self._dispatch(chosen, request, limits)
+        except DomainError:
+            metrics.holds_counted(chosen, "refused").inc()
+            raise
+        except Exception:
+            metrics.holds_counted(chosen, "failed").inc()
+            raise
+        metrics.hold_latency(chosen).observe(time.perf_counter() - started)
+        metrics.holds_counted(chosen, "replayed" if hold.replayed else "held").inc()
+        return hold
+
+    async def release(self, hold_id: UUID) -> Hold:
+        """Give a hold's stock back now (see ``ledger.release``)."""
+        async with self.db.transaction() as conn:
+            return await ledger.release(conn, hold_id)
+
+    def wasted_attempts(self, strategy: StrategyName) -> int:
+        direct = self._direct.get(strategy)
+        return direct.counters.wasted if direct is not None else 0
+
+    async def _dispatch(
+        self, strategy: StrategyName, request: HoldRequest, limits: Sequence[int | None]
+    ) -> Hold:
+        assert self._batched is not None, "start() the engine first"
+        assert self._escrow is not None
+        if strategy is StrategyName.ESCROW:
+            return await self._escrow.hold(request, limits)
+        if strategy is StrategyName.BATCHED:
+            return await self._batched.submit(request, limits)
+        if strategy is StrategyName.AUTO:
+            raise AssertionError("auto is resolved by _choose")
+        direct = self._direct[strategy]
+        before = direct.counters.wasted
+        try:
+            return await direct.hold(request, limits)
+        finally:
+            metrics.WASTED.labels(strategy).inc(direct.counters.wasted - before)
+
+    def _choose(self, request: HoldRequest, policies: Sequence[Policy]) -> StrategyName:
+        named = {policy.strategy for policy in policies}
+        if len(named) > 1:
+            return StrategyName.BATCHED  # lines that disagree meet on the row itself
+        name = named.pop()
+        if name is StrategyName.AUTO:
+            name = self.config.default_strategy
+        if name is not StrategyName.AUTO:
+            return name
+        now = time.monotonic()
+        assert self._escrow is not None
+        hot = all(self._rates.rate(line.sku) >= self.config.hot_rps for line in request.lines)
+        low = any(
+            now - self._escrow.low.get(place, -1e9) < _LOW_MEMORY_S for place in request.places
+        )
+        chosen = StrategyName.ESCROW if hot and not low else StrategyName.BATCHED
+        for line in request.lines:
+            if self._route_of.get(line.sku) is not chosen:
+                if line.sku in self._route_of:
+                    metrics.STRATEGY_SWITCHES.labels(chosen).inc()
+                self._route_of[line.sku] = chosen
+        return chosen
+
+    def _floor(self, sku: str) -> int:
+        policy = self._policies.get(sku)
+        if policy is not None and policy.low_stock_threshold is not None:
+            return policy.low_stock_threshold
+        return self.config.low_stock_threshold
+
+    # --- chores --------------------------------------------------------------------------
+
+    async def refresh_policies(self) -> None:
+        rows = await self.db.fetch(
+            "SELECT sku, strategy, per_customer_limit, low_stock_threshold "
+            "FROM reservation_policies"
+        )
+        self._policies = {
+            row["sku"]: Policy(
+                StrategyName(row["strategy"]), row["per_customer_limit"], row["low_stock_threshold"]
+            )
+            for row in rows
+        }
+        metrics.HOT_SKUS.set(len(self._rates.above(self.config.hot_rps)))
+
+    def set_policy(self, sku: str, policy: Policy) -> None:
+        """Apply a policy this process just wrote, before the next refresh."""
+        self._policies[sku] = policy
+
+    async def expire_due(self) -> int:
+        """Give back the stock of every hold whose TTL has run out; return how many."""
+        total = 0
+        while True:
+            async with self.db.transaction() as conn:
+                expired = await ledger.expire_due(conn, _EXPIRY_BATCH)
+            if not expired:
+                return total
+            now = time.time()
+            for expires_at in expired:
+                metrics.EXPIRY_DELAY.observe(max(0.0, now - expires_at.timestamp()))
+            metrics.EXPIRED.inc(len(expired))
+            total += len(expired)
+            if len(expired) < _EXPIRY_BATCH:
+                return total
+
+    async def _reclaim(self) -> None:
+        await escrow.reclaim_expired(self.db)
