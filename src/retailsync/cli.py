@@ -40,8 +40,10 @@ keys_app = typer.Typer(help="API keys for the channels.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 cdc_app = typer.Typer(help="Change data capture into the event log.", no_args_is_help=True)
+inventory_app = typer.Typer(help="Stock reservations.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(cdc_app, name="cdc")
+app.add_typer(inventory_app, name="inventory")
 err = Console(stderr=True)
 out = Console()
 
@@ -318,6 +320,36 @@ def cdc_status() -> None:
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+@inventory_app.command("check")
+def inventory_check() -> None:
+    """Check the reservation ledger's invariants over the whole database, in one snapshot:
+    on_hand = available + held + committed + allotted per sku x location, every hold's lines
+    agree with it, expiry was never early, purchase allowances match. Exits 1 on any problem."""
+    from retailsync.inventory.check import InventoryCheck, check_inventory
+
+    settings = _settings()
+    with _server(settings) as target:
+
+        async def job(db: Database) -> InventoryCheck:
+            async with db.connection() as conn:
+                return await check_inventory(conn)
+
+        checked = _with_database(target, job)
+    stock = checked.stock
+    out.print(
+        f"{stock.rows_checked} stock rows and {checked.holds_checked} holds checked; "
+        f"oversold units: {stock.oversold_units}"
+    )
+    problems = checked.problems()
+    for problem in problems[:50]:
+        out.print(f"  [red]{problem}[/]", highlight=False)
+    if len(problems) > 50:
+        out.print(f"  ... and {len(problems) - 50} more")
+    if problems:
+        raise typer.Exit(1)
+    out.print("[green]every invariant holds[/]")
 
 
 @app.command()
