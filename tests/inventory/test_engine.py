@@ -209,3 +209,31 @@ async def test_escrow_allotments_go_back_when_the_engine_closes(
         await db.fetchval("SELECT reserved FROM stock WHERE sku = 'A' AND location = 'eu-dc1'") == 1
     )
     await assert_balanced(db)
+
+
+@pytest.mark.parametrize("strategy", [None, StrategyName.ESCROW])
+async def test_a_crowd_through_escrow_sells_every_unit(
+    engine: InventoryEngine, db: Database, strategy: StrategyName | None
+) -> None:
+    """No false sold-out: when the row runs low, the lanes' allotments come back to it."""
+    await stocked(db, {"F": 300})
+    sold: list[str] = []
+
+    async def buyer() -> None:
+        while True:
+            try:
+                hold = await engine.hold(request(("F", "eu-dc1", 1)), strategy=strategy)
+            except InsufficientStock:
+                return
+            sold.append(hold.strategy)
+
+    await asyncio.gather(*[buyer() for _ in range(100)])
+    assert len(sold) == 300
+    assert "escrow" in sold
+    assert (
+        await db.fetchval(
+            "SELECT available FROM stock_levels WHERE sku = 'F' AND location = 'eu-dc1'"
+        )
+        == 0
+    )
+    await assert_balanced(db)

@@ -122,6 +122,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         version=__version__,
         summary="Retail data kept consistent across web, mobile, POS and warehouse channels.",
         lifespan=lifespan,
+        # FastAPI's built-in OpenTelemetry hooks look for a provider on every request (a few
+        # percent of a hold's time, profiled); our metrics are Prometheus, below.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     problems.install(app)
     openapi.install(app, [Hold])

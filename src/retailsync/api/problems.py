@@ -80,7 +80,8 @@ def _domain_error(_: Request, exc: Exception) -> Response:
 def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if request.method in ("POST", "PUT") and media_type != "application/json":
+    about_body = any(e["loc"] and e["loc"][0] == "body" for e in exc.errors())
+    if request.method in ("POST", "PUT") and media_type != "application/json" and about_body:
         return problem(
             415,
             "unsupported-media-type",

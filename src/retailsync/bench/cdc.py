@@ -19,21 +19,19 @@ import contextlib
 import secrets
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from retailsync.bench.private import private_database
+from retailsync.bench.stats import percentile
 from retailsync.cdc.capture import Capture, CaptureConfig, prepare
 from retailsync.cdc.slot import lsn_text
 from retailsync.cdc.tables import CapturedTable
-from retailsync.config import ServerTarget
 from retailsync.db.database import Database
-from retailsync.db.embedded import EmbeddedPostgres, binaries_dir
-from retailsync.db.migrate import migrate
+from retailsync.db.embedded import binaries_dir
 from retailsync.eventlog.factory import open_event_log
 
 TABLE = CapturedTable("public.bench_changes", "bench.changed")
@@ -50,11 +48,6 @@ class CdcPlan:
 
 FULL = CdcPlan(changes=200_000, rate=5_000, seconds=10.0)
 QUICK = CdcPlan(changes=20_000, rate=5_000, seconds=3.0)
-
-
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
 
 
 async def _write(db: Database, rows: int, start: int) -> None:
@@ -170,8 +163,8 @@ async def _backend(db: Database, dsn: str, url: str, plan: CdcPlan, next_id: int
         "ratio_to_recvlogical": round(changes_per_s / recv_per_s, 3),
         "offered_changes_per_s": round(offered),
         "transactions_measured": len(latencies),
-        "latency_p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
-        "latency_p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+        "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "latency_mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
     }
 
@@ -194,26 +187,13 @@ async def _delete_streams(url: str) -> None:
 async def run_cdc_bench(
     plan: CdcPlan, urls: list[str], progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="retailsync-bench-") as folder:
-        progress("starting a private embedded PostgreSQL")
-        with EmbeddedPostgres(Path(folder) / "pg") as server:
-            dsn = server.dsn()
-            db = await Database.connect(
-                ServerTarget(dsn=dsn, pool_min=2, pool_max=10, command_timeout=120.0)
-            )
-            try:
-                async with db.connection() as conn:
-                    await migrate(conn)
-                await db.execute(
-                    "CREATE TABLE bench_changes (id bigint PRIMARY KEY, v text, n int)"
-                )
-                results = []
-                for index, url in enumerate(urls):
-                    progress(f"measuring the {url.partition('?')[0]} event log")
-                    start = 1 + index * 10 * (plan.changes + plan.rate * int(plan.seconds + 1))
-                    results.append(await _backend(db, dsn, url, plan, start))
-            finally:
-                await db.close()
+    async with private_database(progress, pool_max=10) as (dsn, db):
+        await db.execute("CREATE TABLE bench_changes (id bigint PRIMARY KEY, v text, n int)")
+        results = []
+        for index, url in enumerate(urls):
+            progress(f"measuring the {url.partition('?')[0]} event log")
+            start = 1 + index * 10 * (plan.changes + plan.rate * int(plan.seconds + 1))
+            results.append(await _backend(db, dsn, url, plan, start))
     return {
         "plan": {"changes": plan.changes, "rate": plan.rate, "seconds": plan.seconds},
         "backends": results,

@@ -108,3 +108,51 @@ def print_cdc(report: dict[str, Any], console: Console) -> None:
                 "offered_changes_per_s", "latency_p50_ms", "latency_p99_ms")  # fmt: skip
         table.add_row(row["backend"], *(_cell(row[key]) for key in keys))
     console.print(table)
+
+
+def print_inventory(report: dict[str, Any], console: Console) -> None:
+    plan = report["plan"]
+    levels = [str(n) for n in plan["concurrency"]]
+    for workload, by_strategy in report["results"].items():
+        spread = "one hot sku" if workload == "hot" else (
+            f"Zipf (s={plan['zipf_s']}) over {plan['zipf_skus']:,} skus"
+        )  # fmt: skip
+        table = Table(
+            title=f"Durable holds/s, {spread}, {plan['seconds_per_cell']:g} s per cell",
+            caption=f"clients in this process; engine pool of {plan['pool_max']} connections",
+        )
+        table.add_column("strategy")
+        for level in levels:
+            table.add_column(f"{level} clients: holds/s", justify="right")
+            table.add_column("p99 ms", justify="right")
+        table.add_column("wasted", justify="right")
+        table.add_column("oversold", justify="right")
+        for strategy, cells in by_strategy.items():
+            row = [strategy]
+            for level in levels:
+                row += [_cell(cells[level]["holds_per_s"]), _cell(cells[level]["p99_ms"])]
+            row.append(_cell(sum(cell["wasted_attempts"] for cell in cells.values())))
+            row.append(_cell(sum(cell["oversold"] for cell in cells.values())))
+            table.add_row(*row)
+        base = report["baseline"][workload]
+        row = ["raw conditional UPDATE"]
+        for level in levels:
+            row += [_cell(base[level]["holds_per_s"]), _cell(base[level]["p99_ms"])]
+        table.add_row(*row, "", "", style="dim")
+        console.print(table)
+    sale = Table(title="Flash sale: 256 clients until the sku is gone")
+    for title in ("strategy", "units", "acknowledged", "oversold", "left", "seconds"):
+        sale.add_column(title, justify="right")
+    for strategy, row in report["flash_sale"].items():
+        keys = ("units", "acknowledged", "oversold", "left", "seconds_to_sell_out")
+        sale.add_row(strategy, *(_cell(row[key]) for key in keys))
+    console.print(sale)
+    http = report["http"]
+    console.print(
+        f"through retailsync serve ({http['workers']} workers, {http['clients']} connections): "
+        f"{http['holds_per_s']:,} holds/s, p50 {http['p50_ms']} ms, p99 {http['p99_ms']} ms; "
+        f"in process {http['in_process_holds_per_s']:,}/s (ratio {http['ratio_to_in_process']})",
+        highlight=False,
+    )
+    for name, value in report["summary"].items():
+        console.print(f"- {name.replace('_', ' ')}: {_cell(value)}", highlight=False)

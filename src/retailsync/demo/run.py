@@ -19,10 +19,17 @@ from retailsync.demo.capture import CaptureReport, capture_report, capturing
 from retailsync.demo.client import Api, Rejected, Stats
 from retailsync.demo.mix import run_traffic
 from retailsync.demo.server import ApiServer, DemoError
-from retailsync.demo.traffic import DOORBUSTER, FLASH_REGION, World, stage_flash_sale
+from retailsync.demo.traffic import (
+    DOORBUSTER,
+    DOORBUSTER_LIMIT,
+    FLASH_REGION,
+    World,
+    limit_doorbuster,
+    stage_flash_sale,
+)
+from retailsync.inventory.check import InventoryCheck, check_inventory
 from retailsync.models import Channel, OrderStatus
 from retailsync.seed import SeedPlan, load_seed
-from retailsync.services.audit import StockAudit, audit_stock
 from retailsync.services.keys import create_key
 
 FLASH_UNITS_PER_LOCATION = 15
@@ -65,6 +72,7 @@ class FlashSale:
     sold: int
     left: int
     turned_away: int
+    limited: int  # checkouts refused by the purchase limit
 
     @property
     def oversold(self) -> int:
@@ -105,12 +113,13 @@ class DemoReport:
     offline: OfflineSales
     available_total: int
     flash: FlashSale
-    audit: StockAudit
+    store_sales: int
+    audit: InventoryCheck
     captured: CaptureReport | None
 
     @property
     def oversold_units(self) -> int:
-        return self.audit.oversold_units + self.flash.oversold
+        return self.audit.stock.oversold_units + self.flash.oversold
 
     def print(self, console: Console) -> None:
         summary = Table(
@@ -132,8 +141,8 @@ class DemoReport:
         if not self.rejections:
             rejected.add_row("none", "0")
         console.print(rejected)
-        for mismatch in [*self.audit.on_hand_mismatches, *self.audit.reserved_mismatches][:10]:
-            console.print(f"[red]audit:[/] {mismatch}", highlight=False)
+        for problem in self.audit.problems()[:10]:
+            console.print(f"[red]inventory check:[/] {problem}", highlight=False)
 
     def _traffic_rows(self) -> list[tuple[str, str]]:
         rate = self.requests / self.seconds if self.seconds else 0.0
@@ -170,8 +179,10 @@ class DemoReport:
             (
                 f"doorbuster {flash.sku} in {flash.region}",
                 f"{flash.start} at the start + {flash.restocked} restocked; {flash.sold} sold, "
-                f"{flash.left} left; {flash.turned_away} checkouts refused as sold out",
+                f"{flash.left} left; {flash.turned_away} checkouts refused as sold out, "
+                f"{flash.limited} by the limit of {DOORBUSTER_LIMIT} per customer",
             ),
+            ("store sales", f"{self.store_sales} POS holds committed at once into orders"),
         ]
 
     def _stock_rows(self) -> list[tuple[str, str]]:
@@ -206,7 +217,11 @@ class DemoReport:
         )
 
     def _consistency_rows(self) -> list[tuple[str, str]]:
-        audit = self.audit
+        checked = self.audit
+        audit = checked.stock
+        holds_ok = not (
+            checked.hold_mismatches or checked.timing_violations or checked.usage_mismatches
+        )
 
         def verdict(mismatches: list[str]) -> str:
             return "[green]ok[/]" if not mismatches else f"[red]{len(mismatches)} mismatches[/]"
@@ -216,6 +231,11 @@ class DemoReport:
             ("stock rows audited", str(audit.rows_checked)),
             ("on_hand = sum of movements", verdict(audit.on_hand_mismatches)),
             ("reserved = open reservations", verdict(audit.reserved_mismatches)),
+            (
+                "holds checked",
+                f"{checked.holds_checked}: lines, expiry and purchase limits "
+                + ("[green]ok[/]" if holds_ok else f"[red]{len(checked.problems())} problems[/]"),
+            ),
             (
                 "oversold units",
                 f"[{colour}]{self.oversold_units}[/] ({audit.oversold_units} in the database "
@@ -229,11 +249,15 @@ async def _create_keys(db: Database) -> dict[Channel, str]:
         return {channel: (await create_key(conn, channel, label="demo"))[1] for channel in Channel}
 
 
-async def _stage_flash_sale(url: str, key: str) -> int:
+async def _stage_flash_sale(url: str, keys: dict[Channel, str]) -> int:
     # Setup requests are not part of the measured traffic, hence their own Stats.
-    async with Api(url, key, Stats(), deadline=math.inf) as api:
+    async with (
+        Api(url, keys[Channel.WAREHOUSE], Stats(), deadline=math.inf) as warehouse,
+        Api(url, keys[Channel.ADMIN], Stats(), deadline=math.inf) as admin,
+    ):
         try:
-            return await stage_flash_sale(api, FLASH_UNITS_PER_LOCATION)
+            await limit_doorbuster(admin)
+            return await stage_flash_sale(warehouse, FLASH_UNITS_PER_LOCATION)
         except (Rejected, httpx.TransportError) as exc:
             raise DemoError(f"could not stage the flash sale: {exc}") from exc
 
@@ -268,10 +292,10 @@ async def run_demo(
                 console.print("no change data capture: the server's wal_level is not logical")
             else:
                 console.print(f"change data capture on slot {source}")
-            flash_start = await _stage_flash_sale(server.url, keys[Channel.WAREHOUSE])
+            flash_start = await _stage_flash_sale(server.url, keys)
             console.print(
                 f"flash sale: {DOORBUSTER} set to {FLASH_UNITS_PER_LOCATION} per {FLASH_REGION} "
-                f"location ({flash_start} units)"
+                f"location ({flash_start} units), at most {DOORBUSTER_LIMIT} per customer"
             )
             # Movements after this id are the run's: no traffic has started yet.
             mark = await db.fetchval("SELECT coalesce(max(id), 0) FROM stock_movements")
@@ -287,7 +311,7 @@ async def run_demo(
     if server.log_path is not None:
         console.print(f"the API server logged warnings or errors: see {server.log_path}")
     async with db.connection() as conn:
-        audit = await audit_stock(conn)
+        audit = await check_inventory(conn)
         database = _DatabaseView(
             available_total=await conn.fetchval(
                 "SELECT coalesce(sum(available), 0)::bigint FROM stock_levels"
@@ -328,7 +352,7 @@ def _report(
     clients: int,
     flash_start: int,
     database: _DatabaseView,
-    audit: StockAudit,
+    audit: InventoryCheck,
     captured: CaptureReport | None,
 ) -> DemoReport:
     ledger, stats = world.ledger, world.stats
@@ -367,7 +391,9 @@ def _report(
             sold=ledger.doorbuster_sold(),
             left=database.flash_left,
             turned_away=ledger.doorbuster_turned_away,
+            limited=ledger.doorbuster_limited,
         ),
+        store_sales=ledger.store_sales,
         audit=audit,
         captured=captured,
     )

@@ -34,6 +34,8 @@ LOCATION_REGION = {location: region for location, region, _ in locations()}
 FLASH_LOCATIONS = tuple(loc for loc, region in LOCATION_REGION.items() if region == FLASH_REGION)
 
 _DOORBUSTER_SHARE = 0.5  # of the carts in the flash region
+DOORBUSTER_LIMIT = 2  # units one customer may buy in the flash sale
+_FLASH_CUSTOMERS = 300  # the regulars who come back for the doorbuster
 _CANCEL_SHARE = 0.1  # of placed web and mobile orders
 _DOORBUSTER_RESTOCK_SHARE = 0.03  # of warehouse receipts
 _RECEIPT_RETRY_SHARE = 0.3  # of receipts, sent a second time with the same Idempotency-Key
@@ -68,6 +70,8 @@ class Ledger:
     price_edits: int = 0
     price_conflicts: int = 0
     doorbuster_turned_away: int = 0  # checkouts refused because the doorbuster was sold out
+    doorbuster_limited: int = 0  # checkouts refused by the doorbuster's purchase limit
+    store_sales: int = 0  # POS sales: holds committed at once into orders
     offline_allotted: int = 0  # units allotted to offline tills
     offline_sold: int = 0  # units sold offline, counted once a sync acknowledged them
     offline_refused: int = 0  # sales a till refused beyond its allotment, reported on sync
@@ -138,6 +142,12 @@ def random_sku(rng: random.Random, world: World) -> str:
     return sku_for(rng.randint(2, world.products))
 
 
+async def limit_doorbuster(api: Api) -> None:
+    """The flash sale's rule: at most DOORBUSTER_LIMIT units per customer (an admin key)."""
+    body = {"strategy": "auto", "per_customer_limit": DOORBUSTER_LIMIT}
+    await api.call("PUT", f"/v1/reservation-policies/{DOORBUSTER}", body=body)
+
+
 async def stage_flash_sale(api: Api, per_location: int) -> int:
     """Set the doorbuster's available stock to ``per_location`` at every location of the flash
     region (adjusting on_hand, so open reservations stay covered); return the total."""
@@ -201,22 +211,31 @@ async def _remove_line(api: Api, cart: _Cart, sku: str) -> _Cart:
     return _Cart.of(await api.call("DELETE", path, if_match=cart.etag))
 
 
+def _purchase_limited(exc: Rejected) -> bool:
+    return exc.reason == "refused" and exc.problem.get("reason") == "purchase-limit"
+
+
 async def _checkout(
     api: Api, world: World, channel: Channel, cart: _Cart, region: str
 ) -> Mapping[str, Any] | None:
-    """Place the order. Told that something sold out, the customer drops those lines and tries
-    once more with the rest; the order, or None if nothing could be bought."""
+    """Place the order. Told that something sold out (or that the doorbuster's limit is
+    reached), the customer drops those lines and tries once more with the rest; the order, or
+    None if nothing could be bought."""
     for last_try in (False, True):
         try:
             response = await api.call(
                 "POST", "/v1/orders", body={"cart_id": cart.id}, idempotency_key=_key()
             )
         except Rejected as exc:
-            if exc.reason != "insufficient-stock":
+            if _purchase_limited(exc):  # the doorbuster is the one sku with a limit
+                world.ledger.doorbuster_limited += 1
+                short = [DOORBUSTER]
+            elif exc.reason == "insufficient-stock":
+                short = sorted({item["sku"] for item in exc.problem.get("shortages", [])})
+                if region == FLASH_REGION and DOORBUSTER in short:
+                    world.ledger.doorbuster_turned_away += 1
+            else:
                 raise
-            short = sorted({shortage["sku"] for shortage in exc.problem.get("shortages", [])})
-            if region == FLASH_REGION and DOORBUSTER in short:
-                world.ledger.doorbuster_turned_away += 1
             if last_try:
                 return None
             for sku in short:
@@ -254,7 +273,8 @@ async def _shopping_visit(api: Api, rng: random.Random, world: World, channel: C
     """Browse, look at a few products and their stock, fill a cart, check out, pay."""
     region = rng.choice(REGION_IDS)
     skus = await _browse(api, rng)
-    cart = await _new_cart(api, f"{channel}-{rng.randrange(10_000):04d}", region)
+    customers = _FLASH_CUSTOMERS if region == FLASH_REGION else 10_000
+    cart = await _new_cart(api, f"{channel}-{rng.randrange(customers):04d}", region)
     for sku in rng.sample(skus, min(len(skus), rng.randint(1, 3))):
         await think(rng)
         await api.call("GET", f"/v1/products/{sku}")
@@ -288,13 +308,34 @@ async def shopper(world: World, index: int, channel: Channel) -> None:
 
 
 async def _store_sale(api: Api, rng: random.Random, world: World, region: str) -> None:
-    """A till: scan a few items, take payment, hand the goods over."""
-    cart = await _new_cart(api, f"walk-in-{rng.randrange(100_000):05d}", region)
-    for index in rng.sample(range(2, world.products + 1), rng.randint(1, 4)):
-        cart = await _set_line(api, cart, sku_for(index), rng.randint(1, 2))
-    order = await _checkout(api, world, Channel.POS, cart, region)
-    if order is None:
-        return
+    """A till: scan a few items off the store's shelves, take payment, hand them over. The
+    sale is a hold on the store's own stock committed at once (POST /v1/reservations with
+    ``commit``); an item the system says is not there is put back and the rest sold."""
+    lines = {
+        sku_for(index): rng.randint(1, 2)
+        for index in rng.sample(range(2, world.products + 1), rng.randint(1, 4))
+    }
+    store = f"{region}-store1"
+    for last_try in (False, True):
+        body = {
+            "lines": [{"sku": s, "location": store, "quantity": q} for s, q in lines.items()],
+            "customer_id": f"walk-in-{rng.randrange(100_000):05d}",
+            "commit": True,
+        }
+        try:
+            response = await api.call("POST", "/v1/reservations", body=body, idempotency_key=_key())
+            break
+        except Rejected as exc:
+            if exc.reason != "insufficient-stock" or last_try:
+                raise
+            for shortage in exc.problem.get("shortages", []):
+                lines.pop(shortage["sku"], None)
+            if not lines:
+                return
+    order_id = response.json()["order_id"]
+    order = (await api.call("GET", f"/v1/orders/{order_id}")).json()
+    world.ledger.place(Channel.POS, order)
+    world.ledger.store_sales += 1
     for status in (OrderStatus.PAID, OrderStatus.SHIPPED, OrderStatus.DELIVERED):
         await _set_status(api, world, order["id"], status)
 

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from retailsync.chores import every
 from retailsync.db.database import Database
-from retailsync.errors import DomainError, Refused
+from retailsync.errors import DomainError, InsufficientStock, Refused
 from retailsync.inventory import escrow, ledger, metrics
 from retailsync.inventory.batched import GroupCommitter
 from retailsync.inventory.direct import Atomic, DirectStrategy, Optimistic, Pessimistic
@@ -67,6 +67,7 @@ class InventoryEngine:
         self._batched: GroupCommitter | None = None
         self._escrow: escrow.Escrow | None = None
         self._direct: dict[StrategyName, DirectStrategy] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         try:
@@ -84,7 +85,7 @@ class InventoryEngine:
             engine_id=self.id,
             lanes=self.config.escrow_lanes,
             lease_seconds=self.config.lease_seconds,
-            fallback=self._batched,
+            fallback=self._from_row,
             floor_of=self._floor,
             demand_of=self._demand.rate,
             max_batch=self.config.max_batch,
@@ -104,6 +105,8 @@ class InventoryEngine:
         ]
 
     async def close(self) -> None:
+        if self._releasing:
+            await asyncio.wait(self._releasing, timeout=5)
         for chore in self._chores:
             chore.cancel()
         for chore in self._chores:
@@ -148,6 +151,20 @@ class InventoryEngine:
         async with self.db.transaction() as conn:
             return await ledger.release(conn, hold_id)
 
+    def release_soon(self, hold_id: UUID) -> None:
+        """Release a hold in the background: for a caller whose own transaction, still open,
+        may hold the hold row's lock (the release then waits for its rollback). If this fails
+        too, the hold expires with its TTL."""
+        task = asyncio.create_task(self._release_quietly(hold_id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_quietly(self, hold_id: UUID) -> None:
+        try:
+            await self.release(hold_id)
+        except Exception as exc:
+            log.warning("could not release hold %s (it expires with its TTL): %s", hold_id, exc)
+
     def wasted_attempts(self, strategy: StrategyName) -> int:
         direct = self._direct.get(strategy)
         return direct.counters.wasted if direct is not None else 0
@@ -160,7 +177,7 @@ class InventoryEngine:
         if strategy is StrategyName.ESCROW:
             return await self._escrow.hold(request, limits)
         if strategy is StrategyName.BATCHED:
-            return await self._batched.submit(request, limits)
+            return await self._from_row(request, limits)
         if strategy is StrategyName.AUTO:
             raise AssertionError("auto is resolved by _choose")
         direct = self._direct[strategy]
@@ -169,6 +186,20 @@ class InventoryEngine:
             return await direct.hold(request, limits)
         finally:
             metrics.WASTED.labels(strategy).inc(direct.counters.wasted - before)
+
+    async def _from_row(self, request: HoldRequest, limits: Sequence[int | None]) -> Hold:
+        """Group commit against the stock rows. Refused while escrow lanes of this process
+        still hold units of a line: those go back to the row, and the hold is tried again."""
+        assert self._batched is not None
+        assert self._escrow is not None
+        try:
+            return await self._batched.submit(request, limits)
+        except InsufficientStock:
+            stranded = self._escrow.stranded(request.places)
+            if not stranded:
+                raise
+        await self._escrow.give_back_places(stranded)
+        return await self._batched.submit(request, limits)
 
     def _choose(self, request: HoldRequest, policies: Sequence[Policy]) -> StrategyName:
         named = {policy.strategy for policy in policies}

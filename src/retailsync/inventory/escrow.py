@@ -6,10 +6,13 @@ allotment without touching the stock row: lanes never wait for each other, in on
 across many. Every hold is still durably recorded before its answer, and the database keeps
 ``free >= 0`` on each allotment, so a lane can never promise what it was not given.
 
-- **Refill**: a lane short of units takes a chunk sized to recent demand, at most a share of
-  what is available above the low-stock threshold. Stock below the threshold is never
+- **Refill**: a lane short of units takes a chunk sized to recent demand, at most a quarter
+  of what is available above the low-stock threshold. Stock below the threshold is never
   allotted: the last units are sold from the row itself, by group commit, where every process
-  sees them.
+  sees them; when a refill finds the row that low, every lane of the process gives its
+  allotment of the sku back at once, and a hold the row refuses while a lane still has units
+  is tried again after they are given back. Another process's lanes give theirs back within
+  ``REBALANCE_SECONDS``: until then a sold-out answer may come early by what they hold.
 - **Rebalance**: every second, allotments of skus now below the threshold, or idle for
   ``IDLE_SECONDS``, are given back to the row.
 - **Leases**: a lane renews its allotments' lease; a process that dies leaves them to expire,
@@ -26,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from retailsync.chores import every
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Place = tuple[str, str]  # (sku, location)
 MIN_CHUNK = 16
+ALLOT_SHARE = 4  # a refill takes at most a quarter of the units above the floor
 DEMAND_HORIZON_S = 0.5  # a refill covers about this much of the recent demand
 IDLE_SECONDS = 5.0
 REBALANCE_SECONDS = 1.0
@@ -88,8 +92,9 @@ async def allot(
     )
     if available is None:
         return 0, None
-    grant = min(wanted, available - floor)
-    if grant < need:
+    above = available - floor
+    grant = min(wanted, max(need, above // ALLOT_SHARE))
+    if grant < need or grant > above:
         return 0, available
     await conn.execute(
         "UPDATE stock SET reserved = reserved + $3 WHERE sku = $1 AND location = $2",
@@ -173,7 +178,7 @@ class Escrow:
         engine_id: str,
         lanes: int,
         lease_seconds: float,
-        fallback: GroupCommitter,
+        fallback: Callable[[HoldRequest, Sequence[int | None]], Awaitable[Hold]],
         floor_of: Callable[[str], int],
         demand_of: Callable[[str], float],
         max_batch: int = 512,
@@ -228,7 +233,11 @@ class Escrow:
                 if hold.replayed:
                     lane.take(request, sign=-1)
                 return hold
-        return await self._fallback.submit(request, limits)
+        return await self._fallback(request, limits)
+
+    def stranded(self, places: Sequence[Place]) -> list[Place]:
+        """Those of ``places`` that some lane still has free units of."""
+        return [p for p in places if any(lane.free.get(p, 0) > 0 for lane in self._lanes)]
 
     async def _refill(self, lane: Lane, request: HoldRequest) -> None:
         for place, line in zip(request.places, request.lines, strict=True):
@@ -244,7 +253,6 @@ class Escrow:
                 )
                 try:
                     async with self._db.transaction() as conn:
-                        # A share of what is above the floor, so lanes and processes split it.
                         granted, left = await allot(
                             conn, lane.owner, place, need=short,
                             wanted=wanted, floor=self._floor_of(sku), lease_s=self._lease_s,
@@ -254,7 +262,11 @@ class Escrow:
                 if granted:
                     lane.free[place] = lane.free.get(place, 0) + granted
                 elif left is not None:
+                    # Low: the last units are sold from the row, so bring every lane's back.
                     self.low[place] = time.monotonic()
+                    if self.stranded([place]):
+                        with contextlib.suppress(DatabaseUnavailable):
+                            await self.give_back_places([place])
                     return
 
     async def give_back_places(self, places: Sequence[Place]) -> None:

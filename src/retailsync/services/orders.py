@@ -12,7 +12,6 @@ in (sku, location) order, so checkouts and status changes cannot deadlock each o
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
@@ -93,8 +92,8 @@ async def checkout(
     try:
         return await place_from_hold(conn, hold.id, channel=channel, cart=cart)
     except BaseException:
-        with contextlib.suppress(Exception):  # else it expires with its TTL
-            await engine.release(hold.id)
+        # Released once this transaction has rolled back: it may hold the hold row's lock.
+        engine.release_soon(hold.id)
         raise
 
 
@@ -190,6 +189,9 @@ async def place_from_hold(
     for line in lines:
         quantities[line["sku"]] = quantities.get(line["sku"], 0) + line["quantity"]
     if cart is not None:
+        if hold["customer_id"] not in (None, cart["customer_id"]):
+            # Else a customer could check out another's hold past their own purchase limit.
+            raise Refused("hold-mismatch", "the hold was taken for another customer")
         rows = await conn.fetch(
             "SELECT sku, quantity FROM cart_lines WHERE cart_id = $1", cart["id"]
         )

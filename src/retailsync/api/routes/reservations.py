@@ -79,8 +79,8 @@ async def create_hold(
             committed = await _commit(request, hold, principal.channel, body.currency)
         except BaseException:
             if not hold.replayed:  # a sale that cannot be placed holds nothing
-                with contextlib.suppress(Exception):
-                    await engine.release(hold.id)
+                with contextlib.suppress(Exception):  # else it expires with its TTL
+                    await engine.release(hold.id)  # _commit's transaction has ended
             raise
         hold = msgspec.structs.replace(committed, replayed=hold.replayed)
     return _hold_response(hold, 201)
