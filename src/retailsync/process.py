@@ -23,13 +23,17 @@ def die_with_parent(signum: int) -> Callable[[], None] | None:
     if sys.platform != "linux":
         return None
     parent = os.getpid()
+    return lambda: follow_parent(signum, parent)
 
-    def set_death_signal() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
 
-    return set_death_signal
+def follow_parent(signum: int, parent: int) -> None:
+    """Ask the kernel to send this process ``signum`` when ``parent``, its parent, dies (even
+    by kill -9); exit at once if it already has (Linux only; nothing elsewhere)."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
+import signal
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -40,6 +42,7 @@ from retailsync.eventlog.factory import open_event_log
 from retailsync.inventory.engine import InventoryEngine
 from retailsync.inventory.model import Hold
 from retailsync.observe.metrics import HttpMetrics, exposition
+from retailsync.process import follow_parent
 from retailsync.services.idempotency import forget_expired
 from retailsync.services.keys import KeyVerifier
 from retailsync.sync.appliers import appliers
@@ -152,5 +155,11 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for uvicorn worker processes: settings come from the environment the CLI set."""
+    """Factory for uvicorn worker processes: settings come from the environment the CLI set.
+    A worker stops (SIGTERM: it finishes its requests and gives its escrow allotments back)
+    when its supervisor dies, even by kill -9: uvicorn does not, and orphaned workers would
+    keep the port and renew their leases."""
+    supervisor = multiprocessing.parent_process()
+    if supervisor is not None and supervisor.pid is not None:
+        follow_parent(signal.SIGTERM, supervisor.pid)
     return create_app(load_settings())
