@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from retailsync.db.database import Database
@@ -103,3 +105,18 @@ async def test_rows_the_lines_refer_to_cannot_be_deleted(
     with pytest.raises(asyncpg.RestrictViolationError):
         await db.execute("DELETE FROM stock WHERE sku = 'A'")
     assert await problems(db) == []
+
+
+async def test_the_command_exits_1_on_damage_and_0_when_clean(
+    db: Database, database_dsn: str, history: dict[str, str]
+) -> None:
+    from tests.processes import cli
+
+    clean = await asyncio.to_thread(cli, "--db-url", database_dsn, "inventory", "check")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    assert "every invariant holds" in clean.stdout
+    await db.execute("UPDATE customer_sku_usage SET quantity = 4 WHERE customer_id = 'c-1'")
+    damaged = await asyncio.to_thread(cli, "--db-url", database_dsn, "inventory", "check")
+    assert damaged.returncode == 1
+    assert "usage of c-1 for L" in damaged.stdout
+    assert "Traceback" not in damaged.stderr
