@@ -205,6 +205,9 @@ class Settings(BaseModel):
     inventory_pool_max: int = Field(
         8, ge=2, le=200, description="Connections of each worker's reservation engine"
     )
+    click_flush_ms: int = Field(
+        1000, ge=10, le=60_000, description="How often click events are written (the loss window)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     @property

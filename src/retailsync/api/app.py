@@ -23,6 +23,7 @@ from retailsync.api.body_limit import BodyLimit
 from retailsync.api.routes import (
     carts,
     changes,
+    clicks,
     conflicts,
     locations,
     orders,
@@ -33,6 +34,7 @@ from retailsync.api.routes import (
     sync,
 )
 from retailsync.chores import every
+from retailsync.clicks import ClickBuffer
 from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.conflicts.reconcile import reconcile_queued
 from retailsync.crdt import HLC
@@ -90,6 +92,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         )
         app.state.engine = InventoryEngine(engine_db, settings.engine_config)
         await app.state.engine.start()
+        app.state.clicks = ClickBuffer(database, flush_interval=settings.click_flush_ms / 1000)
+        app.state.clicks.start()
         chores = [
             asyncio.create_task(
                 every(
@@ -114,6 +118,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             for chore in chores:
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
+            await app.state.clicks.close()
             await app.state.engine.close()
             await engine_db.close()
             await app.state.event_log.close()
@@ -132,7 +137,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     problems.install(app)
     openapi.install(app, [Hold])
     routes = (products, prices, stock, locations, carts, orders, reservations, sync, conflicts)
-    for module in (*routes, changes):
+    for module in (*routes, changes, clicks):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from retailsync.inventory.model import MAX_LINES, MAX_QUANTITY, TTL_MAX_MS, TTL_MIN_MS
 from retailsync.models import (
@@ -158,3 +158,17 @@ class SyncBody(Body):
     objects: Annotated[list[SyncObjectBody], Field(max_length=200)] = []
     allot: Annotated[list[AllotBody], Field(max_length=200)] = []
     refused: Annotated[list[RefusalBody], Field(max_length=200)] = []
+
+
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class ClickBody(Body):
+    session_id: Annotated[SessionId, Strict()]
+    kind: Literal["view", "click", "add_to_cart", "search"]
+    sku: Annotated[Sku | None, Strict()] = None
+    at: AwareDatetime | None = Field(None, description="When it happened; default: on arrival")
+
+
+class ClicksBody(Body):
+    events: Annotated[list[ClickBody], Field(min_length=1, max_length=500)]
