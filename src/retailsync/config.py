@@ -203,7 +203,10 @@ class Settings(BaseModel):
         10.0, ge=1, le=3600, description="Lease of an escrow allotment, renewed while alive"
     )
     inventory_pool_max: int = Field(
-        8, ge=2, le=200, description="Connections of each worker's reservation engine"
+        8,
+        ge=2,
+        le=200,
+        description="Connections of each worker's reservation engine beyond one per lane",
     )
     click_flush_ms: int = Field(
         1000, ge=10, le=60_000, description="How often click events are written (the loss window)"

@@ -18,7 +18,7 @@ from tests.inventory.api_support import (
     reserved,
     snapshot,
 )
-from tests.support import MOBILE, WAREHOUSE, WEB, Api
+from tests.support import ADMIN, MOBILE, WAREHOUSE, WEB, Api
 
 # --- creating a hold -------------------------------------------------------------------------
 
@@ -289,3 +289,27 @@ class TestBadInput:
         for action in ("commit", "release"):
             response = await api.call("POST", f"/v1/reservations/not-a-uuid/{action}", as_=WEB)
             assert_problem(response, 422, "validation-error")
+
+
+async def test_a_hold_is_seen_and_acted_on_by_its_own_key_only(api: Api) -> None:
+    await api.world()
+    holds = await asyncio.gather(*[new_hold(api, ("SKU-2", "eu-dc1", 1)) for _ in range(8)])
+    ids = [uuid.UUID(hold["id"]) for hold in holds]
+    # Random ids, even within one group-commit batch: none can be guessed from another.
+    assert len({hold_id.int & 0xFFFFFFFF for hold_id in ids}) == len(ids)
+    assert len({hold_id.int >> 32 for hold_id in ids}) == len(ids)
+    hold_id = holds[0]["id"]
+    for method, path in (
+        ("GET", f"/v1/reservations/{hold_id}"),
+        ("POST", f"/v1/reservations/{hold_id}/commit"),
+        ("POST", f"/v1/reservations/{hold_id}/release"),
+    ):
+        other = await api.call(method, path, as_=MOBILE)  # another channel's key
+        assert other.status_code == 404, other.text
+    assert (await api.call("GET", f"/v1/reservations/{hold_id}", as_=ADMIN)).status_code == 200
+    assert (await get_hold(api, hold_id))["state"] == "held"  # untouched
+    cart_id = await api.cart({"SKU-2": 1}, customer="c-9")
+    borrowed = await api.call(
+        "POST", "/v1/orders", json={"cart_id": cart_id, "hold_id": hold_id}, as_=MOBILE
+    )
+    assert borrowed.status_code == 404

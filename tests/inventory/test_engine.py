@@ -237,3 +237,30 @@ async def test_a_crowd_through_escrow_sells_every_unit(
         == 0
     )
     await assert_balanced(db)
+
+
+# Optimistic shares atomic's retry code (DirectStrategy.hold) and takes seconds here: its
+# backoff waits between deadlocks, each found only after PostgreSQL's deadlock_timeout.
+@pytest.mark.parametrize("strategy", [s for s in StrategyName if s is not StrategyName.OPTIMISTIC])
+async def test_crossed_multi_line_holds_never_fail_with_a_deadlock(
+    engine: InventoryEngine, db: Database, strategy: StrategyName
+) -> None:
+    """Half of 8 buyers hold [A, B], half [B, A]: group commit locks in order; the per-request
+    strategies may deadlock and then retry, or refuse with `contention`: never an error."""
+    await stocked(db, {"A": 1000, "B": 1000})
+
+    async def buyer(n: int) -> str:
+        lines = [("A", "eu-dc1", 1), ("B", "eu-dc1", 1)]
+        try:
+            await engine.hold(
+                request(*(lines if n % 2 else lines[::-1])),
+                strategy=None if strategy is StrategyName.AUTO else strategy,
+            )
+        except Refused as refused:
+            return refused.reason
+        return "held"
+
+    outcomes = await asyncio.gather(*[buyer(n) for n in range(8)])
+    assert set(outcomes) <= {"held", "contention"}
+    assert "held" in outcomes
+    await assert_balanced(db)

@@ -82,15 +82,16 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         app.state.hlc = hlc
         app.state.appliers = appliers(hlc)  # for the reconciliation chore and admin decisions
         app.state.event_log = await open_event_log(settings.event_log_url, db=database)
+        engine_config = settings.engine_config
         engine_db = await Database.connect(
             ServerTarget(
                 dsn=target_of(settings).dsn,
                 pool_min=1,
-                pool_max=settings.inventory_pool_max,
+                pool_max=engine_config.pool_size(settings.inventory_pool_max),
                 command_timeout=30.0,
             )
         )
-        app.state.engine = InventoryEngine(engine_db, settings.engine_config)
+        app.state.engine = InventoryEngine(engine_db, engine_config)
         await app.state.engine.start()
         app.state.clicks = ClickBuffer(database, flush_interval=settings.click_flush_ms / 1000)
         app.state.clicks.start()

@@ -44,7 +44,7 @@ from retailsync.inventory.model import HoldRequest, StrategyName
 LOCATION = "bench-dc"
 HOT = "HOT-0"
 FLASH = "FLASH-0"
-POOL_MAX = 32  # connections of the engine (and of the baseline): a realistic pool
+POOL_MAX = 32  # connections for per-request holds (and the baseline's): a realistic pool
 _TTL_MS = 15 * 60 * 1000
 _ZIPF_S = 1.1
 STRATEGIES = (
@@ -167,10 +167,11 @@ async def _closed_loop(
 
 
 async def _engine(dsn: str) -> InventoryEngine:
+    config = EngineConfig()
     pool = await Database.connect(
-        ServerTarget(dsn=dsn, pool_min=2, pool_max=POOL_MAX, command_timeout=60.0)
+        ServerTarget(dsn=dsn, pool_min=2, pool_max=config.pool_size(POOL_MAX), command_timeout=60.0)
     )
-    engine = InventoryEngine(pool, EngineConfig())
+    engine = InventoryEngine(pool, config)
     await engine.start()
     return engine
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ _APPLY = (
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 _RETRIES = 3
 _RECONNECT_S = 0.2
+_CLOSE_WAIT_S = 10.0  # for the batches in flight when the engine stops
 
 
 class NotCovered(Exception):
@@ -150,30 +152,52 @@ class GroupCommitter:
         self._strategy = strategy
         self._owner = owner
         self._max_batch = max_batch
-        self._queue: list[_Pending] = []
+        self._queue: deque[_Pending] = deque()
         self._nonempty = asyncio.Event()
         self._idle = lanes
+        self._closed = False
         self._workers = [asyncio.create_task(self._work()) for _ in range(lanes)]
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     def submit(self, request: HoldRequest, limits: Sequence[int | None]) -> asyncio.Future[Hold]:
         future: asyncio.Future[Hold] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(DatabaseUnavailable("the reservation engine is stopping"))
+            return future
         self._queue.append(_Pending(request, limits, future))
         self._nonempty.set()
         return future
 
     async def close(self) -> None:
+        """Take no more requests, let the batches in flight finish, fail what is queued."""
+        self._closed = True
+        deadline = asyncio.get_running_loop().time() + _CLOSE_WAIT_S
+        # Polled: a batch takes milliseconds, and nothing else waits on this.
+        while self._idle < len(self._workers) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         for worker in self._workers:
             worker.cancel()
         for worker in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        for pending in self._queue:
+        self._fail_queued(DatabaseUnavailable("the reservation engine stopped"))
+
+    def _fail_queued(self, exc: Exception) -> None:
+        queued, self._queue = self._queue, deque()
+        for pending in queued:
             if not pending.future.done():
-                pending.future.cancel()
+                pending.future.set_exception(exc)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: idle lanes split what is queued, so that a second batch is already
+        waiting in PostgreSQL when the first commits. Requests whose callers gave up are
+        dropped here rather than written for nobody."""
+        share = min(self._max_batch, -(-len(self._queue) // self._idle))
+        taken: list[_Pending] = []
+        while self._queue and len(taken) < share:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                taken.append(pending)
+        return taken
 
     async def _work(self) -> None:
         """One lane, with a connection of its own kept across batches (a pool release costs
@@ -186,30 +210,34 @@ class GroupCommitter:
                         while not self._queue:
                             self._nonempty.clear()
                             await self._nonempty.wait()
-                        # Idle lanes split what is queued, so that a second batch is already
-                        # waiting in PostgreSQL when the first commits.
-                        share = min(self._max_batch, -(-len(self._queue) // self._idle))
-                        taken, self._queue = self._queue[:share], self._queue[share:]
+                        taken = self._take()
+                        if not taken:
+                            continue
                         self._idle -= 1
                         try:
                             await self._apply(conn, taken)
                         finally:
                             self._idle += 1
             except DatabaseUnavailable as exc:
-                queued, self._queue = self._queue, []
-                for pending in queued:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                self._fail_queued(exc)
+                await asyncio.sleep(_RECONNECT_S)
+            except Exception as exc:  # cannot connect for another reason (a bad password...)
+                log.error("group commit lane cannot get a connection: %s", exc)
+                self._fail_queued(DatabaseUnavailable(f"cannot reach PostgreSQL: {exc}"))
                 await asyncio.sleep(_RECONNECT_S)
 
     async def _apply(self, conn: Connection, taken: list[_Pending]) -> None:
         leaders: dict[tuple[str, str], _Pending] = {}
         for pending in taken:
             key = (pending.request.scope, pending.request.key)
-            if key in leaders:
-                leaders[key].followers.append(pending)
-            else:
+            leader = leaders.get(key)
+            if leader is None:
                 leaders[key] = pending
+            elif leader.request.fingerprint == pending.request.fingerprint:
+                leader.followers.append(pending)  # the same request: the same answer
+            else:
+                self._queue.appendleft(pending)  # another request: decided by the next batch
+                self._nonempty.set()
         batch = _Batch.of(list(leaders.values()))
         metrics.batch_size(self._strategy).observe(len(batch.leaders))
         try:
@@ -240,6 +268,7 @@ class GroupCommitter:
                 existing = await ledger.load_holds(conn, replays) if replays else {}
                 break
             except _RETRYABLE:
+                metrics.WASTED.labels(self._strategy).inc()
                 if attempt == _RETRIES:
                     raise
         answers: list[Hold | Exception] = [AssertionError("no answer")] * len(batch.leaders)
@@ -261,14 +290,12 @@ class GroupCommitter:
 
 
 def _settle(pending: _Pending, outcome: Hold | Exception) -> None:
-    """Answer a leader, and the requests that came with the same key in the same batch: the
-    same answer for the same request (a replay), a refusal for a different one."""
+    """Answer a leader, and the same requests that came with it in the batch: the same answer
+    (the hold, replayed)."""
     for waiting in (pending, *pending.followers):
         if waiting.future.done():
             continue  # its caller gave up (cancelled)
-        if waiting is not pending and waiting.request.fingerprint != pending.request.fingerprint:
-            waiting.future.set_exception(HoldKeyReused(waiting.request.key))
-        elif isinstance(outcome, Exception):
+        if isinstance(outcome, Exception):
             waiting.future.set_exception(outcome)
         elif waiting is pending:
             waiting.future.set_result(outcome)

@@ -1,8 +1,8 @@
 """The per-request strategies: each hold is a transaction of its own.
 
-- ``pessimistic``: lock the stock rows (``SELECT ... FOR NO KEY UPDATE``: the row lock an
-  UPDATE takes, which unlike ``FOR UPDATE`` does not block foreign-key checks of lines
-  being inserted elsewhere), check, update.
+- ``pessimistic``: lock the stock rows in (sku, location) order (``SELECT ... FOR NO KEY
+  UPDATE``, the row lock an UPDATE takes: unlike ``FOR UPDATE`` it does not block the
+  key-share locks of foreign keys to the row, e.g. escrow allotments'), check, update.
 - ``optimistic``: read the rows and their versions without a lock, then update only if no
   one changed them in between; otherwise roll back and try again after a jittered backoff,
   a bounded number of times (the version-based OCC of the foundation's write path).
@@ -31,8 +31,10 @@ from retailsync.inventory.model import Hold, HoldRequest, StrategyName
 _BACKOFF_BASE_S = 0.001
 _BACKOFF_CAP_S = 0.05
 # A duplicate key committed concurrently (the next attempt replays it), or a deadlock between
-# multi-line holds whose updates met rows in different orders: roll back and try again.
-_RETRIES = 2
+# multi-line holds whose conditional updates met the rows in different orders (an UPDATE
+# ... FROM unnest locks in the order of the lines): roll back and try again, then give up
+# with a refusal the client may retry. Group commit locks in order and never deadlocks.
+_RETRIES = 4
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 
 
@@ -94,14 +96,12 @@ class DirectStrategy:
         self.counters = Counters()
 
     async def hold(self, request: HoldRequest, limits: Sequence[int | None]) -> Hold:
-        for attempt in range(_RETRIES + 1):
+        for _ in range(_RETRIES + 1):
             try:
                 return await self._hold(request, limits)
             except _RETRYABLE:
                 self.counters.wasted += 1
-                if attempt == _RETRIES:
-                    raise
-        raise AssertionError("unreachable")
+        raise Refused("contention", "the hold met concurrent holds of the same rows; try again")
 
     async def _hold(self, request: HoldRequest, limits: Sequence[int | None]) -> Hold:
         raise NotImplementedError

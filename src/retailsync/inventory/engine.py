@@ -35,7 +35,6 @@ from retailsync.inventory.rates import RateMeter
 log = logging.getLogger(__name__)
 
 _POLICY_REFRESH_S = 2.0
-_LOW_MEMORY_S = 1.0  # how long a sku found low stays on the direct path before escrow retries
 _EXPIRY_BATCH = 1000
 _DEFAULT_POLICY = Policy()
 
@@ -51,6 +50,12 @@ class EngineConfig:
     max_batch: int = 512
     committer_lanes: int = 2
     optimistic_attempts: int = 8
+
+    def pool_size(self, others: int) -> int:
+        """Connections the engine's pool needs: one kept by each group-commit lane (batched
+        and escrow), and ``others`` for per-request strategies, refills and chores; fewer and
+        a lane could wait for a connection that never comes back."""
+        return self.committer_lanes + self.escrow_lanes + others
 
 
 class InventoryEngine:
@@ -195,7 +200,7 @@ class InventoryEngine:
         try:
             return await self._batched.submit(request, limits)
         except InsufficientStock:
-            stranded = self._escrow.stranded(request.places)
+            stranded = await self._escrow.stranded(request.places)
             if not stranded:
                 raise
         await self._escrow.give_back_places(stranded)
@@ -214,7 +219,8 @@ class InventoryEngine:
         assert self._escrow is not None
         hot = all(self._rates.rate(line.sku) >= self.config.hot_rps for line in request.lines)
         low = any(
-            now - self._escrow.low.get(place, -1e9) < _LOW_MEMORY_S for place in request.places
+            now - self._escrow.low.get(place, -1e9) < escrow.LOW_MEMORY_S
+            for place in request.places
         )
         chosen = StrategyName.ESCROW if hot and not low else StrategyName.BATCHED
         for line in request.lines:

@@ -16,7 +16,7 @@ across many. Every hold is still durably recorded before its answer, and the dat
 - **Rebalance**: every second, allotments of skus now below the threshold, or idle for
   ``IDLE_SECONDS``, are given back to the row.
 - **Leases**: a lane renews its allotments' lease; a process that dies leaves them to expire,
-  and any other process's expiry chore gives their free units back (``reclaim_expired``).
+  and any other process's reclaim chore gives their free units back (``reclaim_expired``).
 
 The in-process count of each lane's free units is only a routing hint: the database decides.
 When it says an allotment is missing or short, the hold takes the direct path instead.
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Place = tuple[str, str]  # (sku, location)
 MIN_CHUNK = 16
+LOW_MEMORY_S = 1.0  # how long a place found low goes straight to the row
 ALLOT_SHARE = 4  # a refill takes at most a quarter of the units above the floor
 DEMAND_HORIZON_S = 0.5  # a refill covers about this much of the recent demand
 IDLE_SECONDS = 5.0
@@ -64,11 +65,16 @@ class Lane:
             for p, line in zip(request.places, request.lines, strict=True)
         )
 
-    def take(self, request: HoldRequest, sign: int = 1) -> None:
+    def take(self, request: HoldRequest) -> None:
         now = time.monotonic()
         for place, line in zip(request.places, request.lines, strict=True):
-            self.free[place] = self.free.get(place, 0) - sign * line.quantity
+            self.free[place] = self.free.get(place, 0) - line.quantity
             self.last_use[place] = now
+
+    def put_back(self, request: HoldRequest) -> None:
+        """Undo ``take`` (the request took nothing: a replay, a refusal)."""
+        for place, line in zip(request.places, request.lines, strict=True):
+            self.free[place] = self.free.get(place, 0) + line.quantity
 
 
 async def allot(
@@ -123,6 +129,16 @@ async def give_back(conn: Connection, owners: Sequence[str], places: Sequence[Pl
     skus = [sku for sku, _ in places]
     locations = [location for _, location in places]
     await lock_stock_rows(conn, skus, locations)
+    # Allotment rows next, in (sku, location, owner) order: a lane's batch locks its own in
+    # (sku, location) order, so the two can never wait on each other in a circle.
+    await conn.execute(
+        "SELECT 1 FROM escrow_allotments a JOIN unnest($2::text[], $3::text[]) AS x(sku, location) "
+        "ON a.sku = x.sku AND a.location = x.location WHERE a.owner = ANY($1) "
+        "ORDER BY a.sku, a.location, a.owner FOR NO KEY UPDATE OF a",
+        list(owners),
+        skus,
+        locations,
+    )
     returned = await conn.fetch(
         "DELETE FROM escrow_allotments a USING unnest($2::text[], $3::text[]) AS x(sku, location) "
         "WHERE a.owner = ANY($1) AND a.sku = x.sku AND a.location = x.location "
@@ -217,6 +233,9 @@ class Escrow:
     async def hold(self, request: HoldRequest, limits: Sequence[int | None]) -> Hold:
         lane = self._lanes[self._turn % len(self._lanes)]
         self._turn += 1
+        now = time.monotonic()
+        if any(now - self.low.get(place, -1e9) < LOW_MEMORY_S for place in request.places):
+            return await self._fallback(request, limits)  # found low a moment ago: the row
         if not lane.covers(request):
             await self._refill(lane, request)
         if lane.covers(request):
@@ -224,20 +243,42 @@ class Escrow:
             try:
                 hold = await lane.committer.submit(request, limits)
             except NotCovered:
-                for place in request.places:
-                    lane.free[place] = 0  # the database knows better: refill first next time
+                await self._resync(lane, request.places)  # the database knows better
             except BaseException:
-                lane.take(request, sign=-1)
+                lane.put_back(request)
                 raise
             else:
                 if hold.replayed:
-                    lane.take(request, sign=-1)
+                    lane.put_back(request)
                 return hold
         return await self._fallback(request, limits)
 
-    def stranded(self, places: Sequence[Place]) -> list[Place]:
-        """Those of ``places`` that some lane still has free units of."""
-        return [p for p in places if any(lane.free.get(p, 0) > 0 for lane in self._lanes)]
+    async def stranded(self, places: Sequence[Place]) -> list[Place]:
+        """Those of ``places`` that this process's lanes still have free units of, as the
+        database says (the lanes' own counts are only hints)."""
+        rows = await self._db.fetch(
+            "SELECT DISTINCT a.sku, a.location FROM escrow_allotments a "
+            "JOIN unnest($2::text[], $3::text[]) AS x(sku, location) "
+            "ON a.sku = x.sku AND a.location = x.location WHERE a.owner = ANY($1) AND a.free > 0",
+            self.owners,
+            [sku for sku, _ in places],
+            [location for _, location in places],
+        )
+        return [(row["sku"], row["location"]) for row in rows]
+
+    async def _resync(self, lane: Lane, places: Sequence[Place]) -> None:
+        """Set a lane's counts of ``places`` to what its allotments hold in the database."""
+        rows = await self._db.fetch(
+            "SELECT sku, location, free FROM escrow_allotments "
+            "WHERE owner = $1 "
+            "AND (sku, location) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            lane.owner,
+            [sku for sku, _ in places],
+            [location for _, location in places],
+        )
+        found = {(row["sku"], row["location"]): row["free"] for row in rows}
+        for place in places:
+            lane.free[place] = found.get(place, 0)
 
     async def _refill(self, lane: Lane, request: HoldRequest) -> None:
         for place, line in zip(request.places, request.lines, strict=True):
@@ -264,18 +305,18 @@ class Escrow:
                 elif left is not None:
                     # Low: the last units are sold from the row, so bring every lane's back.
                     self.low[place] = time.monotonic()
-                    if self.stranded([place]):
-                        with contextlib.suppress(DatabaseUnavailable):
+                    with contextlib.suppress(DatabaseUnavailable):
+                        if await self.stranded([place]):
                             await self.give_back_places([place])
                     return
 
     async def give_back_places(self, places: Sequence[Place]) -> None:
         """Return every lane's allotments of these places (the sku went low or cold)."""
-        for lane in self._lanes:
-            for place in places:
-                lane.free[place] = 0
         async with self._db.transaction() as conn:
             returned = await give_back(conn, self.owners, places)
+        for lane in self._lanes:  # only once the database has them back
+            for place in places:
+                lane.free[place] = 0
         if returned:
             metrics.ESCROW_UNITS.labels("returned").inc(returned)
 
@@ -293,17 +334,26 @@ class Escrow:
                 await self.give_back_places(sorted(places))
 
     async def _renew(self) -> None:
+        # Locked in (sku, location, owner) order first, as give_back does (see there).
         await self._db.execute(
+            "WITH mine AS (SELECT ctid FROM escrow_allotments WHERE owner = ANY($1) "
+            "  ORDER BY sku, location, owner FOR NO KEY UPDATE) "
             "UPDATE escrow_allotments "
-            "SET lease_until = clock_timestamp() + $2 * interval '1 second' WHERE owner = ANY($1)",
+            "SET lease_until = clock_timestamp() + $2 * interval '1 second' "
+            "WHERE ctid IN (SELECT ctid FROM mine)",
             self.owners,
             self._lease_s,
         )
 
     async def _rebalance(self) -> None:
-        """Give back allotments of places now low on stock, or idle."""
+        """Give back allotments of places now low on stock, or idle (as the database has
+        them, whatever the lanes' counts say)."""
         now = time.monotonic()
-        held = {place for lane in self._lanes for place, free in lane.free.items() if free > 0}
+        mine = await self._db.fetch(
+            "SELECT DISTINCT sku, location FROM escrow_allotments WHERE owner = ANY($1)",
+            self.owners,
+        )
+        held = {(row["sku"], row["location"]) for row in mine}
         if not held:
             return
         rows = await self._db.fetch(

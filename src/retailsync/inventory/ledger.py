@@ -2,10 +2,13 @@
 them (release, expiry). Group commit records many at once in ``inventory_hold_batch``
 (migration 0005), which follows the same rules.
 
-Lock order, the same on every path so no two writers deadlock: a hold row, then stock rows
-in (sku, location) order, then escrow allotment rows, then purchase-limit usage rows. Stock
-rows are locked ``FOR NO KEY UPDATE`` (never ``FOR UPDATE``): the key-share locks that
-inserting a reservation line takes on its stock row (the foreign key) then never wait.
+Lock order: a hold row, then stock rows in (sku, location) order, then escrow allotment rows
+in (sku, location, owner) order, then purchase-limit usage rows in (customer, sku) order.
+Group commit, release, expiry, escrow give-back and lease renewal all keep it, so they never
+deadlock one another; the per-request ``atomic`` and ``optimistic`` strategies lock by their
+conditional updates, in the order of a hold's lines, and retry the rare deadlock between two
+multi-line holds (see ``direct``). Rows are locked ``FOR NO KEY UPDATE``, never ``FOR
+UPDATE``, which would also block key-share locks of foreign keys to them.
 """
 
 from __future__ import annotations
@@ -64,7 +67,17 @@ async def load_holds(conn: Connection, ids: Sequence[UUID]) -> dict[UUID, Hold]:
     return {row["id"]: hold_from(row, by_hold.get(row["id"], [])) for row in rows}
 
 
-async def get_hold(conn: Connection, hold_id: UUID) -> Hold:
+async def require_owner(conn: Connection, hold_id: UUID, owner: str | None) -> None:
+    """NotFound unless the hold exists and, given ``owner`` (an API key's scope), was taken
+    under it: a channel sees and acts on its own holds only (admin passes None)."""
+    scope = await conn.fetchval("SELECT key_scope FROM holds WHERE id = $1", hold_id)
+    if scope is None or (owner is not None and scope != owner):
+        raise NotFound("reservation", str(hold_id))
+
+
+async def get_hold(conn: Connection, hold_id: UUID, *, owner: str | None = None) -> Hold:
+    if owner is not None:
+        await require_owner(conn, hold_id, owner)
     found = await load_holds(conn, [hold_id])
     if hold_id not in found:
         raise NotFound("reservation", str(hold_id))
@@ -235,9 +248,11 @@ async def end_holds(conn: Connection, hold_ids: Sequence[UUID], state: HoldState
     return len(ids)
 
 
-async def release(conn: Connection, hold_id: UUID) -> Hold:
+async def release(conn: Connection, hold_id: UUID, *, owner: str | None = None) -> Hold:
     """Give a held hold's stock back. Releasing a released or expired hold changes nothing
     (a safe retry); a committed hold is part of an order: cancel the order instead."""
+    if owner is not None:
+        await require_owner(conn, hold_id, owner)
     state = await conn.fetchval("SELECT state FROM holds WHERE id = $1 FOR UPDATE", hold_id)
     if state is None:
         raise NotFound("reservation", str(hold_id))

@@ -20,7 +20,7 @@ import asyncpg
 
 from retailsync.db.database import Connection
 from retailsync.errors import InsufficientStock, InvalidTransition, NotFound, Refused
-from retailsync.inventory.ledger import give_back, lock_stock_rows
+from retailsync.inventory.ledger import give_back, lock_stock_rows, require_owner
 from retailsync.inventory.model import Hold, HoldRequest
 from retailsync.models import Order, OrderLine, OrderStatus, StatusChange
 from retailsync.services.allocation import Supply, allocate
@@ -73,6 +73,7 @@ async def checkout(
     channel: str,
     engine: InventoryEngine,
     hold_id: UUID | None = None,
+    owner: str | None = None,
 ) -> Order:
     """Place the cart's order from a hold: ``hold_id``, taken earlier (at "proceed to
     checkout"), or one taken now for the cart's lines, allocated in its region. The order and
@@ -87,7 +88,7 @@ async def checkout(
     wanted = {line["sku"]: line["quantity"] for line in lines}
     await _priced(conn, cart["region"], cart["currency"], list(wanted))  # refuse before holding
     if hold_id is not None:
-        return await place_from_hold(conn, hold_id, channel=channel, cart=cart)
+        return await place_from_hold(conn, hold_id, channel=channel, cart=cart, owner=owner)
     hold = await _hold_cart(conn, engine, cart, wanted)
     try:
         return await place_from_hold(conn, hold.id, channel=channel, cart=cart)
@@ -151,10 +152,14 @@ async def place_from_hold(
     channel: str,
     cart: asyncpg.Record | None = None,
     currency: str | None = None,
+    owner: str | None = None,
 ) -> Order:
     """Commit a hold into an order (in the caller's transaction). With ``cart``, the hold must
     cover exactly the cart's lines in its region, and the cart is closed. Committing a hold
-    already committed (without a cart) answers its order again: a safe retry."""
+    already committed (without a cart) answers its order again: a safe retry. ``owner``: the
+    API key scope the hold must have been taken under (None: any)."""
+    if owner is not None:
+        await require_owner(conn, hold_id, owner)
     hold = await conn.fetchrow(
         "SELECT state, customer_id, order_id FROM holds WHERE id = $1 FOR UPDATE", hold_id
     )

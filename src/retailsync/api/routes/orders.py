@@ -9,6 +9,7 @@ from starlette.responses import Response
 from retailsync.access import STATUS_SCOPE, Principal, Scope
 from retailsync.api.auth import authenticate, requires
 from retailsync.api.http import Reply, database, etag, if_match, read_response, write
+from retailsync.api.routes.reservations import owner_of
 from retailsync.api.schemas import OrderBody, StatusBody
 from retailsync.db.database import Connection
 from retailsync.models import Order, OrderStatus
@@ -42,6 +43,7 @@ async def checkout(
             channel=principal.channel,
             engine=request.app.state.engine,
             hold_id=body.hold_id,
+            owner=owner_of(principal),
         )
         return Reply(
             placed,

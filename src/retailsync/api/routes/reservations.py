@@ -17,14 +17,19 @@ from retailsync.api.openapi import struct_response
 from retailsync.api.routes.params import SkuPath
 from retailsync.api.schemas import CommitBody, HoldBody, PolicyBody
 from retailsync.db.database import Connection
-from retailsync.errors import RequestInvalid
+from retailsync.errors import DatabaseUnavailable, RequestInvalid
 from retailsync.inventory import ledger, policies
 from retailsync.inventory.engine import InventoryEngine
 from retailsync.inventory.model import Hold, HoldRequest, Policy, StrategyName
-from retailsync.models import ReservationPolicy
+from retailsync.models import Channel, ReservationPolicy
 from retailsync.services.orders import place_from_hold
 
 router = APIRouter(tags=["reservations"])
+
+
+def owner_of(principal: Principal) -> str | None:
+    """The holds a caller may see and act on: those its key took (admin: all)."""
+    return None if principal.channel is Channel.ADMIN else str(principal.key_id)
 
 
 def engine_of(request: Request) -> InventoryEngine:
@@ -77,6 +82,8 @@ async def create_hold(
     if body.commit:
         try:
             committed = await _commit(request, hold, principal.channel, body.currency)
+        except DatabaseUnavailable:
+            raise  # the hold stays: a retry under the same key replays it and commits
         except BaseException:
             if not hold.replayed:  # a sale that cannot be placed holds nothing
                 with contextlib.suppress(Exception):  # else it expires with its TTL
@@ -88,10 +95,13 @@ async def create_hold(
 
 @router.get("/v1/reservations/{hold_id}", responses={200: struct_response(Hold, "The hold")})
 async def get_hold(
-    request: Request, hold_id: UUID, _: Annotated[Principal, Depends(requires(Scope.SELL))]
+    request: Request,
+    hold_id: UUID,
+    principal: Annotated[Principal, Depends(requires(Scope.SELL))],
 ) -> Response:
+    """A hold this key took (admin: any)."""
     async with database(request).connection() as conn:
-        hold = await ledger.get_hold(conn, hold_id)
+        hold = await ledger.get_hold(conn, hold_id, owner=owner_of(principal))
     return _hold_response(hold)
 
 
@@ -113,7 +123,10 @@ async def commit_hold(
     currency = body.currency if body is not None else None
 
     async def work(conn: Connection) -> Reply:
-        await place_from_hold(conn, hold_id, channel=principal.channel, currency=currency)
+        owner = owner_of(principal)
+        await place_from_hold(
+            conn, hold_id, channel=principal.channel, currency=currency, owner=owner
+        )
         return Reply(await ledger.get_hold(conn, hold_id))
 
     return await write(request, principal, work)
@@ -131,7 +144,7 @@ async def release_hold(
     """Give the stock back now. Releasing again changes nothing; a committed hold is 409."""
 
     async def work(conn: Connection) -> Reply:
-        return Reply(await ledger.release(conn, hold_id))
+        return Reply(await ledger.release(conn, hold_id, owner=owner_of(principal)))
 
     return await write(request, principal, work)
 
