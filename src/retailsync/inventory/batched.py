@@ -248,7 +248,11 @@ class GroupCommitter:
             raise
         except Exception as exc:
             lost = isinstance(exc, UNAVAILABLE_ERRORS)
-            failure = DatabaseUnavailable(f"lost the PostgreSQL connection: {exc}") if lost else exc
+            failure: Exception = exc
+            if lost:
+                failure = DatabaseUnavailable(f"lost the PostgreSQL connection: {exc}")
+            elif isinstance(exc, _RETRYABLE):  # still racing after every retry
+                failure = Refused("contention", "the batch met a racing duplicate; try again")
             for pending in taken:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
