@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
@@ -85,7 +86,7 @@ class Counters:
         self.wasted = 0
 
 
-class DirectStrategy:
+class DirectStrategy(ABC):
     """Shared frame: one transaction per attempt, replay first, the hold recorded last."""
 
     name: StrategyName
@@ -103,8 +104,9 @@ class DirectStrategy:
                 self.counters.wasted += 1
         raise Refused("contention", "the hold met concurrent holds of the same rows; try again")
 
+    @abstractmethod
     async def _hold(self, request: HoldRequest, limits: Sequence[int | None]) -> Hold:
-        raise NotImplementedError
+        """One attempt: take the units the strategy's way and record the hold."""
 
     async def _in_transaction(
         self,
