@@ -35,6 +35,12 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("RETAILSYNC_")}
 
 
+def serve_env() -> dict[str, str]:
+    """The environment of a `retailsync serve` under test: no capture beside it (it would
+    leave a replication slot in the session's database); the cache tests start their own."""
+    return {**_clean_env(), "RETAILSYNC_SERVE_CAPTURE": "false"}
+
+
 def postgres_pids(data_dir: Path) -> list[int]:
     """PIDs of PostgreSQL processes serving ``data_dir`` (the postmaster names it in argv)."""
     found = []
@@ -62,8 +68,11 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyp
 class Serve:
     """`retailsync serve` in a subprocess, stopped (or killed) by the test."""
 
-    def __init__(self, db_url: str, *, workers: int = 1) -> None:
+    def __init__(
+        self, db_url: str, *, workers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.db_url = db_url
+        self.env = {**serve_env(), **(env or {})}
         self.port = free_port()
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
@@ -75,7 +84,7 @@ class Serve:
         args += ["--workers", str(self.workers)]
         self.process = subprocess.Popen(
             [*RETAILSYNC, *args],
-            env=_clean_env(),
+            env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -380,19 +381,30 @@ def serve(
 ) -> None:
     """Serve the HTTP API. Applies pending migrations first."""
     from retailsync.api.serving import run_server
+    from retailsync.cdc.supervise import CaptureChild
 
     settings = _settings(host=host, port=port, workers=workers)
     with _server(settings) as target:
-        _with_database(target, _nothing)  # applies migrations, once, before any worker starts
+        # Applies migrations, once, before any worker starts.
+        wal_level = _with_database(target, _wal_level)
         settings = settings.model_copy(update={"db_url": _db_url_for_workers(settings, target)})
-        try:
-            run_server(settings)
-        except RetailsyncError as exc:
-            _fail(str(exc), code=1)
+        with contextlib.ExitStack() as stack:
+            if settings.serve_capture and wal_level == "logical":
+                stack.enter_context(CaptureChild(target.dsn, settings.log_level))
+            elif settings.serve_capture:
+                err.print(
+                    f"no change capture: the server's wal_level is {wal_level}, not logical; "
+                    "caches kept fresh by events read through instead"
+                )
+            try:
+                run_server(settings)
+            except RetailsyncError as exc:
+                _fail(str(exc), code=1)
 
 
-async def _nothing(_: Database) -> None:
-    return None
+async def _wal_level(db: Database) -> str:
+    level: str = await db.fetchval("SHOW wal_level")
+    return level
 
 
 def _db_url_for_workers(settings: Settings, target: ServerTarget) -> str:

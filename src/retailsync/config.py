@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from retailsync.errors import ConfigError
 
 if TYPE_CHECKING:  # the engine imports the database layer, which imports this module
+    from retailsync.cache.policy import PolicyTable
     from retailsync.inventory.engine import EngineConfig
 
 ENV_PREFIX = "RETAILSYNC_"
@@ -211,6 +212,20 @@ class Settings(BaseModel):
     click_flush_ms: int = Field(
         1000, ge=10, le=60_000, description="How often click events are written (the loss window)"
     )
+    cache_url: str | None = Field(
+        None, pattern=r"^rediss?://", description="L2 cache: redis://host:port/db (none: L1 only)"
+    )
+    cache_l1_entries: int = Field(
+        100_000, ge=0, le=10_000_000, description="Values each worker keeps in L1 (0: no cache)"
+    )
+    cache_classes: str = Field("", description="JSON overrides of the cache data classes")
+    cache_domains: str = Field("", description="JSON overrides of which class each domain uses")
+    edge_purge_url: str | None = Field(
+        None, pattern=r"^https?://", description="Varnish to purge by surrogate key on changes"
+    )
+    serve_capture: bool = Field(
+        True, description="`serve` runs the change capture too (when the server has logical WAL)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     @property
@@ -225,6 +240,12 @@ class Settings(BaseModel):
             escrow_lanes=self.escrow_lanes,
             lease_seconds=self.escrow_lease_seconds,
         )
+
+    @property
+    def cache_policies(self) -> PolicyTable:
+        from retailsync.cache.policy import load_policies
+
+        return load_policies(self.cache_classes, self.cache_domains)
 
     @property
     def database(self) -> DatabaseTarget:
@@ -275,4 +296,7 @@ def load_settings(
     from retailsync.eventlog.factory import check_event_log_url  # it imports this module
 
     check_event_log_url(settings.event_log_url, setting=source("event_log_url"))
+    from retailsync.cache.policy import load_policies
+
+    load_policies(settings.cache_classes, settings.cache_domains)  # fails at start-up, too
     return settings

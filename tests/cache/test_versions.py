@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from retailsync.cache.entry import Entry
 from retailsync.cache.l1 import L1Cache
 from retailsync.cache.l2 import L2Cache
-from retailsync.cache.tiers import TieredCache
+from retailsync.cache.tiers import Loaded, TieredCache
 
 # ("put" | "invalidate", version); a put's value is its version, so equal versions agree.
 Op = tuple[str, int]
@@ -136,15 +136,15 @@ async def test_concurrent_misses_load_once(l2: L2Cache) -> None:
     cache = TieredCache(L1Cache(), l2)
     loads = 0
 
-    async def load() -> tuple[bytes, int]:
+    async def load() -> Loaded:
         nonlocal loads
         loads += 1
         await asyncio.sleep(0.05)
-        return b"row", 9
+        return Loaded(Entry(b"row", 9, time.time() + 60))
 
-    got = await asyncio.gather(*[cache.get("p:1", load, ttl_s=60) for _ in range(50)])
+    got = await asyncio.gather(*[cache.get("p:1", load) for _ in range(50)])
     assert loads == 1
-    assert {entry.version for entry in got} == {9}
+    assert {served.entry.version for served in got} == {9}
     assert (await l2.get("p:1")) is not None  # and it reached L2 for the other workers
 
 
@@ -155,12 +155,12 @@ async def test_a_slow_load_cannot_undo_an_invalidation(l2: L2Cache) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
 
-    async def slow_load() -> tuple[bytes, int]:
+    async def slow_load() -> Loaded:
         started.set()
         await release.wait()
-        return b"old", 1
+        return Loaded(Entry(b"old", 1, time.time() + 60))
 
-    reader = asyncio.create_task(cache.get("p:2", slow_load, ttl_s=60))
+    reader = asyncio.create_task(cache.get("p:2", slow_load))
     await started.wait()
     await cache.invalidate("p:2", 2)
     release.set()

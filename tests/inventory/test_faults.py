@@ -35,7 +35,7 @@ from retailsync.inventory.check import check_inventory
 from retailsync.models import Channel
 from retailsync.services.keys import create_key
 from tests.inventory.conftest import stocked
-from tests.processes import RETAILSYNC, Serve, wait_for
+from tests.processes import RETAILSYNC, Serve, serve_env, wait_for
 
 pytestmark = pytest.mark.slow  # every test here starts servers of its own
 
@@ -100,10 +100,9 @@ class TunedServe(Serve):
     def __enter__(self) -> TunedServe:
         args = ["--db-url", self.db_url, "serve", "--port", str(self.port)]
         args += ["--workers", str(self.workers)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RETAILSYNC_")}
         self.process = subprocess.Popen(
             [*RETAILSYNC, *args],
-            env={**env, **self.settings},
+            env={**serve_env(), **self.settings},
             stdout=subprocess.DEVNULL,
             stderr=self.log,
         )

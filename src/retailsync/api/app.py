@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -20,8 +21,10 @@ from starlette.responses import Response
 from retailsync import __version__
 from retailsync.api import openapi, problems
 from retailsync.api.body_limit import BodyLimit
+from retailsync.api.fastpath import RetailsyncApi
 from retailsync.api.routes import (
     carts,
+    categories,
     changes,
     clicks,
     conflicts,
@@ -33,12 +36,15 @@ from retailsync.api.routes import (
     stock,
     sync,
 )
+from retailsync.cache.keys import category_key
+from retailsync.cache.setup import open_caches
 from retailsync.chores import every
 from retailsync.clicks import ClickBuffer
 from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.conflicts.reconcile import reconcile_queued
 from retailsync.crdt import HLC
 from retailsync.db.database import Database
+from retailsync.edge.purge import EdgePurger
 from retailsync.errors import ConfigError
 from retailsync.eventlog.factory import open_event_log
 from retailsync.inventory.engine import InventoryEngine
@@ -48,6 +54,7 @@ from retailsync.process import follow_parent
 from retailsync.services.idempotency import forget_expired
 from retailsync.services.keys import KeyVerifier
 from retailsync.sync.appliers import appliers
+from retailsync.views import ViewMaintainer
 
 log = logging.getLogger(__name__)
 _SWEEP_INTERVAL = 60.0
@@ -56,6 +63,13 @@ _SWEEP_INTERVAL = 60.0
 async def _sweep_idempotency(db: Database, ttl_seconds: int) -> None:
     async with db.connection() as conn:
         await forget_expired(conn, ttl_seconds)
+
+
+async def _purge_categories(purger: EdgePurger | None, categories: set[str]) -> None:
+    """The view consumer changed these categories' pages: purge them from the edge (best
+    effort: their s-maxage bounds a purge that fails)."""
+    if purger is not None:
+        await purger.purge(category_key(category) for category in categories)
 
 
 def target_of(settings: Settings) -> ServerTarget:
@@ -95,7 +109,18 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         await app.state.engine.start()
         app.state.clicks = ClickBuffer(database, flush_interval=settings.click_flush_ms / 1000)
         app.state.clicks.start()
+        caches = contextlib.AsyncExitStack()
+        purger = None
+        if settings.edge_purge_url:
+            purger = await caches.enter_async_context(EdgePurger(settings.edge_purge_url))
+        app.state.reads = await caches.enter_async_context(
+            open_caches(settings, database, app.state.event_log, purger)
+        )
+        views = ViewMaintainer(
+            database, app.state.event_log, on_changed=partial(_purge_categories, purger)
+        )
         chores = [
+            asyncio.create_task(views.run()),
             asyncio.create_task(
                 every(
                     _SWEEP_INTERVAL,
@@ -111,6 +136,10 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
                 )
             ),
         ]
+        # Everything made so far lives as long as the worker: keep it out of the collector's
+        # full passes, which would otherwise walk it every few thousand requests.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -119,6 +148,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             for chore in chores:
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
+            await caches.aclose()
             await app.state.clicks.close()
             await app.state.engine.close()
             await engine_db.close()
@@ -126,7 +156,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             if own_db:
                 await database.close()
 
-    app = FastAPI(
+    app = RetailsyncApi(
         title="retailsync",
         version=__version__,
         summary="Retail data kept consistent across web, mobile, POS and warehouse channels.",
@@ -135,10 +165,11 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         # percent of a hold's time, profiled); our metrics are Prometheus, below.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
+    app.state.settings = settings
     problems.install(app)
     openapi.install(app, [Hold])
     routes = (products, prices, stock, locations, carts, orders, reservations, sync, conflicts)
-    for module in (*routes, changes, clicks):
+    for module in (*routes, categories, changes, clicks):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

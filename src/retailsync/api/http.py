@@ -19,6 +19,7 @@ from retailsync.errors import RequestInvalid
 from retailsync.services import idempotency
 
 _VERSION_TAG = re.compile(r'^(?:W/)?"(\d{1,18})"$')
+_TRANSACTION_ID = "SELECT pg_current_xact_id()::text"
 _RETRIES = 3  # a deadlock or serialization failure rolls everything back; try again
 
 
@@ -118,6 +119,10 @@ async def write(
                         reply.status_code, bytes(response.body), response.headers.get("etag")
                     )
                     await idempotency.record(conn, principal.key_id, key, answer)
+                # Read-your-writes: a cached read presenting the transaction's id waits
+                # until its changes reached that worker's cache (or reads through).
+                token = await conn.fetchval(_TRANSACTION_ID)
+            response.headers["Consistency-Token"] = token
             return response
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == _RETRIES - 1:

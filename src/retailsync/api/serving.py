@@ -25,7 +25,8 @@ def run_server(settings: Settings) -> None:
         )
         return
     for name, value in settings.model_dump().items():  # worker processes read the environment
-        os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        if value is not None:  # unset: the default (None) again
+            os.environ[f"{ENV_PREFIX}{name.upper()}"] = str(value)
     config = uvicorn.Config(
         "retailsync.api.app:app_from_environment",
         factory=True,
@@ -34,13 +35,13 @@ def run_server(settings: Settings) -> None:
         workers=settings.workers,
         log_level=settings.log_level,
     )
-    listener = _listening_socket(settings.host, settings.port)
+    listener = listening_socket(settings.host, settings.port)
     with tempfile.TemporaryDirectory(prefix="retailsync-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # metrics summed over workers
         Multiprocess(config, sockets=[listener]).run()
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int) -> socket.socket:
     """The workers' shared listening socket, created with an explicit IPPROTO_TCP.
 
     asyncio turns on TCP_NODELAY only for sockets whose ``proto`` is TCP. The socket uvicorn

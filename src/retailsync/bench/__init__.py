@@ -168,3 +168,19 @@ def inventory_bench(
     if report["summary"]["oversold_total"]:
         _err.print("[bold red]error:[/] units were oversold (see above)")
         raise typer.Exit(1)
+
+
+@bench_app.command("cache")
+def cache_bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="3 s per mode and 2,000 skus: under a minute")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cached product reads kept fresh by the change stream beside cache-aside with a TTL only
+    (hit ratio, stale reads, commit-to-L1 freshness), the L1 hit's latency, and cached GETs
+    through `retailsync serve` beside a bare ASGI hello-world."""
+    from retailsync.bench.cache import FULL, QUICK, run_cache_bench
+    from retailsync.bench.report import print_cache
+
+    _report(lambda: run_cache_bench(QUICK if quick else FULL, _progress), print_cache, as_json)

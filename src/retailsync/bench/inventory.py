@@ -21,7 +21,6 @@ attempts (rolled back and retried), refusals, and the full inventory check after
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import random
 import time
@@ -33,7 +32,7 @@ import msgspec
 
 from retailsync.bench.loadgen import closed_loop, post
 from retailsync.bench.private import private_database
-from retailsync.bench.stats import percentile
+from retailsync.bench.stats import percentile, zipf_picker
 from retailsync.config import ServerTarget
 from retailsync.db.database import Database
 from retailsync.errors import DomainError, InsufficientStock
@@ -72,16 +71,13 @@ FULL = InventoryPlan(seconds=3.0, warmup=0.3, skus=10_000, flash_units=1_000, ht
 QUICK = InventoryPlan(seconds=1.0, warmup=0.2, skus=2_000, flash_units=300, http_seconds=2.0)
 
 
-def _zipf_picker(skus: int, rng: random.Random) -> Callable[[], str]:
-    cumulative = list(itertools.accumulate(1.0 / rank**_ZIPF_S for rank in range(1, skus + 1)))
-    total = cumulative[-1]
-    names = [f"ZIPF-{n}" for n in range(skus)]
-    return lambda: names[bisect.bisect_left(cumulative, rng.random() * total)]
+def _zipf_names(skus: int) -> list[str]:
+    return [f"ZIPF-{n}" for n in range(skus)]
 
 
 async def _seed(db: Database, plan: InventoryPlan) -> None:
     """Skus with their receipts (so the stock audit balances), and the baseline's rows."""
-    skus = [HOT, FLASH, *(f"ZIPF-{n}" for n in range(plan.skus))]
+    skus = [HOT, FLASH, *_zipf_names(plan.skus)]
     units = {HOT: 100_000_000, FLASH: plan.flash_units}
     async with db.transaction() as conn:
         await conn.execute("INSERT INTO regions (id) VALUES ('bench')")
@@ -322,7 +318,10 @@ async def run_inventory_bench(
     flash: dict[str, Any] = {}
     async with private_database(progress, pool_max=4) as (dsn, db):
         await _seed(db, plan)
-        workloads = {"hot": lambda: HOT, "zipf": _zipf_picker(plan.skus, random.Random(1))}
+        workloads = {
+            "hot": lambda: HOT,
+            "zipf": zipf_picker(_zipf_names(plan.skus), _ZIPF_S, random.Random(1)),
+        }
         for workload, pick in workloads.items():
             baseline[workload] = {}
             for clients in plan.concurrency:

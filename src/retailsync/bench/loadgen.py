@@ -46,6 +46,12 @@ class HttpConnection:
             await self._writer.wait_closed()
 
 
+def get(path: str, headers: dict[str, str], host: str = "bench") -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 def post(path: str, body: bytes, headers: dict[str, str], host: str = "bench") -> bytes:
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json"]
     lines += [f"{name}: {value}" for name, value in headers.items()]

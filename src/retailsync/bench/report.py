@@ -156,3 +156,33 @@ def print_inventory(report: dict[str, Any], console: Console) -> None:
     )
     for name, value in report["summary"].items():
         console.print(f"- {name.replace('_', ' ')}: {_cell(value)}", highlight=False)
+
+
+def print_cache(report: dict[str, Any], console: Console) -> None:
+    plan = report["plan"]
+    table = Table(
+        title=(
+            f"Product reads, Zipf (s={plan['zipf_s']}) over {plan['skus']:,} skus, "
+            f"{plan['readers']} readers, {plan['writes_per_s']:g} writes/s, {plan['seconds']:g} s"
+        ),
+        caption=f"stale: older than a version committed more than {plan['bound_s']:g} s before",
+    )
+    for column in ("cache", "reads/s", "hit ratio", "stale reads", "freshness p50/p99 ms"):
+        table.add_column(column, justify="left" if column == "cache" else "right")
+    events, ttl = report["events"], report["ttl_only"]
+    freshness = f"{events['freshness_p50_ms']:g} / {events['freshness_p99_ms']:g}"
+    table.add_row("event invalidation", _cell(events["reads_per_s"]), _cell(events["hit_ratio"]),
+                  _cell(events["stale_reads"]), freshness)  # fmt: skip
+    table.add_row(f"TTL only ({ttl['ttl_s']:g} s)", _cell(ttl["reads_per_s"]),
+                  _cell(ttl["hit_ratio"]), _cell(ttl["stale_reads"]), "TTL")  # fmt: skip
+    console.print(table)
+    http = report["http"]
+    console.print(
+        f"L1 hit through the read path: p50 {events['l1_hit_us']['p50']} us, "
+        f"p99 {events['l1_hit_us']['p99']} us"
+    )
+    console.print(
+        f"HTTP ({http['workers']} workers, {http['clients']} connections): cached product GET "
+        f"{http['product_get_per_s']:,}/s (p99 {http['product_p99_ms']} ms), hello-world "
+        f"{http['hello_per_s']:,}/s (p99 {http['hello_p99_ms']} ms): ratio {http['ratio']}"
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import itertools
+import random
+from collections.abc import Callable, Sequence
 
 
 def percentile(values: Sequence[float], share: float) -> float:
@@ -10,3 +13,11 @@ def percentile(values: Sequence[float], share: float) -> float:
     none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def zipf_picker(names: Sequence[str], s: float, rng: random.Random) -> Callable[[], str]:
+    """Draws from ``names`` with Zipf weights: the n-th (from 1) is drawn in proportion to
+    1 / n**s."""
+    cumulative = list(itertools.accumulate(1.0 / rank**s for rank in range(1, len(names) + 1)))
+    total = cumulative[-1]
+    return lambda: names[bisect.bisect_left(cumulative, rng.random() * total)]

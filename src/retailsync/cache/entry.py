@@ -5,7 +5,8 @@ value derived from many rows the commit LSN of the last change it reflects). Bot
 per key, the highest version known to exist (the *floor*), even after the value itself is
 gone. The rules, the same in L1 and in L2:
 
-- a value is stored only if its version is at least the floor and newer than the value held;
+- a value is stored only if its version is at least the floor and the value held (an equal
+  version replaces it: a refresh after the TTL, of the same source state);
 - an invalidation at version v raises the floor to v and drops a value older than v, and
   does nothing if the floor was already v or more (a replayed or late invalidation).
 
@@ -23,9 +24,11 @@ class Entry(msgspec.Struct, frozen=True):
     value: bytes  # the encoded document, as the API sends it
     version: int  # of the source; compared, never interpreted
     expires_at: float  # time.time() after which the entry is stale
+    tag: str = ""  # the document's entity tag (from its rows' versions), for ETag headers
+    cost_s: float = 0.0  # how long the load took: the early-refresh rule weighs it
 
 
 def admits(version: int, floor: int | None, held: int | None) -> bool:
     """Whether a value of ``version`` may be stored, given the key's floor and the version of
     the value it holds (None: none)."""
-    return (floor is None or version >= floor) and (held is None or version > held)
+    return (floor is None or version >= floor) and (held is None or version >= held)

@@ -29,7 +29,7 @@ _PUT = """
 local floor = redis.call('GET', KEYS[2])
 if floor and ARGV[1] < floor then return 0 end
 local held = redis.call('HGET', KEYS[1], 'v')
-if held and ARGV[1] <= held then return 0 end
+if held and ARGV[1] < held then return 0 end
 if not floor or ARGV[1] > floor then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -99,7 +99,7 @@ class L2Cache:
         return _DECODER.decode(raw if isinstance(raw, bytes) else raw.encode())
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> bool:
-        """Store unless Redis has seen this version or a newer one (or is away)."""
+        """Store unless Redis has seen a newer version (or is away)."""
         if not self.available:
             return False
         ttl_ms = max(1, int(ttl_s * 1000))
@@ -111,6 +111,16 @@ class L2Cache:
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
             return False
+
+    async def invalidate_strict(self, key: str, version: int) -> bool:
+        """Like ``invalidate``, but True once Redis has the floor (now or before) and False only
+        when Redis could not be reached: the invalidation consumer retries those."""
+        try:
+            await self._invalidate(keys=self._keys(key), args=[_version(version), FLOOR_TTL_MS])
+        except (RedisError, OSError) as exc:
+            self._failed("invalidate", exc)
+            return False
+        return True
 
     async def invalidate(self, key: str, version: int) -> bool:
         """The source is at ``version`` now: drop an older value (False if already seen)."""

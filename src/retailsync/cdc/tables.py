@@ -30,6 +30,7 @@ OWN_TABLES = (
     "prices",
     "locations",
     "stock",
+    "escrow_allotments",  # units in escrow count as available: caches and views need them
     "reservations",
     "carts",
     "cart_lines",

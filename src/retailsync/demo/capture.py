@@ -17,6 +17,12 @@ from retailsync.db.database import Database
 from retailsync.demo.server import CaptureProcess
 
 log = logging.getLogger(__name__)
+
+
+def new_slot_name() -> str:
+    return f"demo_{secrets.token_hex(4)}"
+
+
 _READY_TIMEOUT = 30.0
 _DRAIN_QUIET = 1.0  # the capture has caught up once the log stops growing for this long
 _DRAIN_TIMEOUT = 15.0
@@ -44,13 +50,13 @@ class CaptureReport:
 
 
 @contextlib.asynccontextmanager
-async def capturing(db: Database, dsn: str) -> AsyncIterator[str | None]:
-    """Run the capture for the block; yield its source name (also the slot's), or None when
-    the server cannot decode its WAL (``wal_level`` below ``logical``): the demo runs without."""
+async def capturing(db: Database, dsn: str, slot: str) -> AsyncIterator[str | None]:
+    """Run the capture on ``slot`` for the block; yield its source name (the slot's), or None
+    when the server cannot decode its WAL (``wal_level`` below ``logical``): the demo runs
+    without (and its API server's caches read through)."""
     if await db.fetchval("SHOW wal_level") != "logical":
         yield None
         return
-    slot = f"demo_{secrets.token_hex(4)}"
     try:
         with CaptureProcess(dsn, slot) as capture:
             await _wait_streaming(db, slot, capture)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from retailsync.config import ServerTarget
 from retailsync.db.database import Database
-from retailsync.demo.capture import CaptureReport, capture_report, capturing
+from retailsync.demo.capture import CaptureReport, capture_report, capturing, new_slot_name
 from retailsync.demo.client import Api, Rejected, Stats
 from retailsync.demo.mix import run_traffic
 from retailsync.demo.server import ApiServer, DemoError
@@ -284,10 +284,12 @@ async def run_demo(
         await load_seed(db, SeedPlan(seed=plan.seed, products=plan.products), console=console)
     )
     keys = await _create_keys(db)
-    with ApiServer(target.dsn, workers=plan.workers) as server:
+    slot = new_slot_name()  # the server's caches follow the demo's own capture
+    server_env = {"RETAILSYNC_SERVE_CAPTURE": "false", "RETAILSYNC_CDC_SLOT": slot}
+    with ApiServer(target.dsn, workers=plan.workers, env=server_env) as server:
         console.print(f"API server on {server.url} with {plan.workers} worker(s)")
         await server.wait_ready()
-        async with capturing(db, target.dsn) as source:
+        async with capturing(db, target.dsn, slot) as source:
             if source is None:
                 console.print("no change data capture: the server's wal_level is not logical")
             else:

@@ -117,11 +117,11 @@ class ApiServer(Child):
 
     name = "server"
 
-    def __init__(self, dsn: str, *, workers: int) -> None:
+    def __init__(self, dsn: str, *, workers: int, env: dict[str, str] | None = None) -> None:
         self.port = free_port(_HOST)
         self.url = f"http://{_HOST}:{self.port}"
         command = ["serve", "--host", _HOST, "--port", str(self.port)]
-        super().__init__(dsn, [*command, "--workers", str(workers)])
+        super().__init__(dsn, [*command, "--workers", str(workers)], env)
 
     async def wait_ready(self) -> None:
         """Until GET /healthz answers 200 (the server is up and reaches the database)."""

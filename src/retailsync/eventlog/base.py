@@ -101,6 +101,11 @@ class EventLog(Protocol):
         """Up to ``limit`` records with offsets above ``after_offset``, in order."""
         ...
 
+    async def head(self) -> int:
+        """The offset of the newest record (0 for an empty log): where a reader that wants only
+        what comes next starts."""
+        ...
+
     async def last_event_id(self, source: str) -> str | None:
         """The id of the last event ``source`` appended (where a restarted capture resumes)."""
         ...

@@ -230,6 +230,11 @@ class NatsEventLog:
                 records.append(LogRecord(after_offset, decode_event(data)))
         return records
 
+    async def head(self) -> int:
+        with _translated():
+            state = (await self._js.stream_info(self._stream)).state
+        return int(state.last_seq)
+
     async def last_event_id(self, source: str) -> str | None:
         with _translated():
             try:

@@ -21,6 +21,8 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
+
 from retailsync.cdc.events import ChangeEvent, decode_event, encode_event
 from retailsync.db.database import Connection, Database
 from retailsync.errors import DatabaseUnavailable
@@ -148,6 +150,7 @@ class PostgresEventLog:
         self._listening: AsyncExitStack | None = None
         self._listen_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
+        self._listen_lost = False
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Connection]:
@@ -181,6 +184,11 @@ class PostgresEventLog:
             )
         return [LogRecord(row["seq"], decode_event(row["body"].encode())) for row in rows]
 
+    async def head(self) -> int:
+        async with self._transaction() as conn:
+            head: int = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM event_log")
+        return head
+
     async def last_event_id(self, source: str) -> str | None:
         async with self._transaction() as conn:
             found: str | None = await conn.fetchval(
@@ -192,7 +200,7 @@ class PostgresEventLog:
         self, group: str, *, ack_wait: float, max_deliveries: int
     ) -> PostgresConsumer:
         check_consumer_args(group, ack_wait, max_deliveries)
-        await self._listen()
+        await self.listen()
         async with self._transaction() as conn:
             await conn.execute(
                 "INSERT INTO event_log_groups (name) VALUES ($1) ON CONFLICT DO NOTHING", group
@@ -245,9 +253,7 @@ class PostgresEventLog:
         return int(status.split()[-1])
 
     async def close(self) -> None:
-        if self._listening is not None:
-            await self._listening.aclose()
-            self._listening = None
+        await self._stop_listening()
         if self._owns_db:
             await self._db.close()
 
@@ -256,11 +262,14 @@ class PostgresEventLog:
         that lands in between still wakes the waiter."""
         return self._wakeup
 
-    async def _listen(self) -> None:
-        """Hold one connection that LISTENs for appends, shared by every consumer."""
+    async def listen(self) -> None:
+        """Hold one connection that LISTENs for appends, shared by every consumer; taken
+        again if the last one was lost (a database restart)."""
         async with self._listen_lock:
-            if self._listening is not None:
+            if self._listening is not None and not self._listen_lost:
                 return
+            await self._stop_listening()
+            self._listen_lost = False
             stack = AsyncExitStack()
             try:
                 conn = await stack.enter_async_context(self._db.connection())
@@ -269,7 +278,19 @@ class PostgresEventLog:
                 await stack.aclose()
                 raise EventLogUnavailable(f"event log: {exc}") from exc
             stack.push_async_callback(conn.remove_listener, _CHANNEL, self._notified)
+            conn.add_termination_listener(self._lost)
             self._listening = stack
+
+    def _lost(self, *_: Any) -> None:
+        self._listen_lost = True
+        self._notified()  # waiters look for work (and listen again) rather than sleep on
+
+    async def _stop_listening(self) -> None:
+        stack, self._listening = self._listening, None
+        if stack is not None:
+            # A lost connection cannot unlisten, nor be released cleanly: nothing to undo.
+            with suppress(asyncpg.InterfaceError, DatabaseUnavailable, OSError):
+                await stack.aclose()
 
     def _notified(self, *_: Any) -> None:
         self._wakeup.set()

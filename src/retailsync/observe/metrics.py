@@ -93,5 +93,22 @@ class HttpMetrics:
             await self.app(scope, receive, send_and_observe)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
-            HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+            observe_request(route, scope["method"], started, status)
+
+
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def observe_request(route: str, method: str, started: float, status: int = 200) -> None:
+    """Count and time one answered request. The labelled series are looked up once: a
+    ``labels()`` call costs more than the cached GET it would count."""
+    series = _REQUEST_SERIES.get((route, method, status))
+    if series is None:
+        series = (
+            HTTP_REQUESTS.labels(route, method, str(status)),
+            HTTP_LATENCY.labels(route),
+        )
+        if len(_REQUEST_SERIES) < 10_000:  # templates x methods x statuses: bounded anyway
+            _REQUEST_SERIES[(route, method, status)] = series
+    series[0].inc()
+    series[1].observe(time.perf_counter() - started)

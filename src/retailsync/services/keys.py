@@ -73,12 +73,17 @@ class KeyVerifier:
         self._ttl = ttl
         self._cache: dict[bytes, tuple[float, Principal]] = {}
 
+    def cached(self, secret: str) -> Principal | None:
+        """The principal of a key verified less than ``ttl`` ago, without a lookup; else None."""
+        hit = self._cache.get(digest(secret))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     async def verify(self, secret: str) -> Principal:
+        principal = self.cached(secret)
+        if principal is not None:
+            return principal
         key_hash = digest(secret)
-        hit = self._cache.get(key_hash)
         now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
         row = await self._db.fetchrow(
             "SELECT id, channel FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
             key_hash,

@@ -8,9 +8,12 @@ from starlette.responses import Response
 
 from retailsync.access import Principal, Scope
 from retailsync.api.auth import requires
-from retailsync.api.http import Reply, database, if_match, if_none_match_any, json_response, write
+from retailsync.api.cached import cached_read, content_tag
+from retailsync.api.http import Reply, encode, if_match, if_none_match_any, write
 from retailsync.api.routes.params import RegionPath, SkuPath
 from retailsync.api.schemas import PriceBody
+from retailsync.cache.keys import prices_key
+from retailsync.cache.reads import Document
 from retailsync.db.database import Connection
 from retailsync.models import Price
 from retailsync.services import prices
@@ -55,6 +58,10 @@ async def put_price(
 async def get_prices(
     request: Request, sku: SkuPath, _: Annotated[Principal, Depends(requires(Scope.READ))]
 ) -> Response:
-    async with database(request).connection() as conn:
-        found = await prices.get_prices(conn, sku)
-    return json_response(PriceList(found))
+
+    async def load(conn: Connection) -> Document:
+        body = encode(PriceList(await prices.get_prices(conn, sku)))
+        return Document(body, content_tag(body))
+
+    key = prices_key(sku)
+    return await cached_read(request, "price", key, load, surrogate=[key])

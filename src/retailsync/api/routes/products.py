@@ -7,18 +7,21 @@ from starlette.responses import Response
 
 from retailsync.access import Principal, Scope
 from retailsync.api.auth import requires
+from retailsync.api.cached import cached_read
 from retailsync.api.http import (
     Reply,
     database,
+    encode,
     etag,
     if_match,
     if_none_match_any,
     json_response,
-    read_response,
     write,
 )
 from retailsync.api.routes.params import SkuPath
 from retailsync.api.schemas import CATEGORY_PATTERN, ProductBody
+from retailsync.cache.keys import product_key
+from retailsync.cache.reads import Document
 from retailsync.db.database import Connection
 from retailsync.models import Product, ProductPage
 from retailsync.services import catalog
@@ -30,9 +33,13 @@ router = APIRouter(tags=["catalog"])
 async def get_product(
     request: Request, sku: SkuPath, _: Annotated[Principal, Depends(requires(Scope.READ))]
 ) -> Response:
-    async with database(request).connection() as conn:
+
+    async def load(conn: Connection) -> Document:
         product = await catalog.get_product(conn, sku)
-    return read_response(request, product, etag(product.version))
+        return Document(encode(product), etag(product.version))
+
+    key = product_key(sku)
+    return await cached_read(request, "product", key, load, surrogate=[key])
 
 
 @router.put(

@@ -7,9 +7,12 @@ from starlette.responses import Response
 
 from retailsync.access import Principal, Scope
 from retailsync.api.auth import requires
-from retailsync.api.http import Reply, database, if_match, read_response, write
+from retailsync.api.cached import cached_read, content_tag
+from retailsync.api.http import Reply, encode, if_match, write
 from retailsync.api.routes.params import LocationPath, SkuPath
 from retailsync.api.schemas import AdjustmentBody, ReceiptBody
+from retailsync.cache.keys import stock_key
+from retailsync.cache.reads import Document
 from retailsync.db.database import Connection
 from retailsync.errors import RequestInvalid
 from retailsync.models import StockAtLocation, StockLevel
@@ -66,10 +69,14 @@ async def adjust(
 async def get_stock(
     request: Request, sku: SkuPath, _: Annotated[Principal, Depends(requires(Scope.READ))]
 ) -> Response:
-    """Stock per location and the total available. The ETag changes whenever any location's
-    row does: versions only grow and rows are never deleted, so their sum identifies the
-    state."""
-    async with database(request).connection() as conn:
+    """Stock per location and the total available. Cached as volatile data (evicted by every
+    change); at or below the low-stock threshold it is read from the database every time."""
+    low_stock: int = request.app.state.settings.low_stock_threshold
+
+    async def load(conn: Connection) -> Document:
         level = await stock.get_stock(conn, sku)
-    tag = f'W/"{sum(loc.version for loc in level.locations)}-{len(level.locations)}"'
-    return read_response(request, level, tag)
+        body = encode(level)
+        return Document(body, content_tag(body), cacheable=level.available > low_stock)
+
+    key = stock_key(sku)
+    return await cached_read(request, "stock", key, load, surrogate=[key])

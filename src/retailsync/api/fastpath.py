@@ -1,0 +1,88 @@
+"""The cached GETs' fast path, in front of the framework.
+
+A product, price list or stock level that L1 holds is answered here, from the key cache and
+L1 alone: no routing, no dependency injection, no validation objects, about a fifth of what
+the same answer costs through FastAPI (measured by ``retailsync bench cache``). Anything else
+(a miss, an expired or early-refresh entry, a key not verified in the last seconds, a
+read-your-writes token, any other route) goes on to the application unchanged, which answers
+it the slow way and fills the cache.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+from retailsync.access import CHANNEL_SCOPES
+from retailsync.access import Scope as AccessScope
+from retailsync.api.cached import cached_headers
+from retailsync.cache.keys import prices_key, product_key, stock_key
+from retailsync.cache.reads import CachedReads
+from retailsync.observe.metrics import observe_request
+from retailsync.services.keys import KeyVerifier
+
+_CACHED = re.compile(r"^/v1/(products|prices|stock)/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+_DOMAINS = {
+    "products": ("product", product_key),
+    "prices": ("price", prices_key),
+    "stock": ("stock", stock_key),
+}
+
+
+_ROUTES = {name: f"/v1/{name}/{{sku}}" for name in _DOMAINS}  # templates, as metrics label them
+
+
+class RetailsyncApi(FastAPI):
+    """The application, with cached GETs answered before the framework's middleware stack
+    (each layer of which costs a coroutine and a wrapped ``send`` per request)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            started = time.perf_counter()
+            route = await self._answer_from_cache(scope, send)
+            if route is not None:
+                observe_request(route, "GET", started)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _answer_from_cache(self, scope: Scope, send: Send) -> str | None:
+        """The route template answered, or None: the request goes on to the framework."""
+        match = _CACHED.match(scope["path"])
+        if match is None or scope["query_string"]:
+            return None
+        secret = held = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                secret = value
+            elif name == b"if-none-match":
+                held = value.decode("latin-1").strip()
+            elif name == b"consistency-token":
+                return None
+        if secret is None or secret[:7].lower() != b"bearer " or not hasattr(self.state, "reads"):
+            return None
+        keys: KeyVerifier = self.state.keys
+        principal = keys.cached(secret[7:].decode("latin-1").strip())
+        if principal is None or AccessScope.READ not in CHANNEL_SCOPES[principal.channel]:
+            return None
+        resource, sku = match.groups()
+        domain, key_of = _DOMAINS[resource]
+        key = key_of(sku)
+        reads: CachedReads = self.state.reads
+        answer = reads.hit(domain, key)
+        if answer is None:
+            return None
+        not_modified = held is not None and held.removeprefix("W/") == answer.tag.removeprefix("W/")
+        headers = [
+            (k.lower().encode(), v.encode()) for k, v in cached_headers(answer, [key]).items()
+        ]
+        body = b"" if not_modified else answer.body
+        if not not_modified:
+            headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        status = 304 if not_modified else 200
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return _ROUTES[resource]

@@ -1,0 +1,308 @@
+"""``retailsync bench cache``: cached product reads kept fresh by the change stream, beside
+plain cache-aside with a TTL, on the same workload in the same run.
+
+- **freshness**: readers draw skus from a Zipf spread and read them through the cache while
+  writers change titles directly in PostgreSQL. Run twice: retailsync's event invalidation
+  (the default policy table, a capture process, the worker's invalidator tailing the log),
+  then cache-aside with a TTL only. A read is *stale* if a version committed more than
+  ``bound_s`` before the read began is newer than the one it got (commit time is taken when
+  the writer's UPDATE returned: a little late, so the count errs low by a few ms per write).
+  Freshness is commit to L1 eviction, per transaction, from the invalidator.
+- **l1**: the time of a cached read that hits L1, through the whole read path (policy, tiers,
+  metrics), in process.
+- **http**: cached product GETs through ``retailsync serve`` beside a bare ASGI hello-world
+  served the same way (uvicorn, same socket setup, same worker count), closed loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from retailsync.bench.loadgen import closed_loop, get
+from retailsync.bench.private import private_database
+from retailsync.bench.stats import percentile, zipf_picker
+from retailsync.cache.entry import Entry
+from retailsync.cache.invalidation import Invalidator
+from retailsync.cache.keys import product_key
+from retailsync.cache.l1 import L1Cache
+from retailsync.cache.policy import load_policies
+from retailsync.cache.reads import CachedReads, Document, DocumentLoader
+from retailsync.cache.tiers import Loaded, TieredCache
+from retailsync.db.database import Connection, Database
+from retailsync.demo.capture import new_slot_name
+from retailsync.demo.server import ApiServer, CaptureProcess
+from retailsync.eventlog.postgres import PostgresEventLog
+from retailsync.process import free_port
+from retailsync.services import catalog
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    seconds: float  # per mode
+    skus: int
+    readers: int
+    writes_per_s: float
+    ttl_baseline_s: float  # the TTL-only cache's TTL
+    http_seconds: float
+    http_clients: int = 64
+    workers: int = 2
+    zipf_s: float = 1.1
+    bound_s: float = 0.1  # the freshness target: commit to L1 evicted on every worker
+
+
+FULL = CachePlan(seconds=10.0, skus=10_000, readers=32, writes_per_s=200, ttl_baseline_s=1.0,
+                 http_seconds=5.0)  # fmt: skip
+QUICK = CachePlan(seconds=3.0, skus=2_000, readers=16, writes_per_s=100, ttl_baseline_s=1.0,
+                  http_seconds=2.0)  # fmt: skip
+
+
+def _load_product(sku: str) -> DocumentLoader:
+    async def load(conn: Connection) -> Document:
+        product = await catalog.get_product(conn, sku)
+        return Document(product.model_dump_json().encode(), f'"{product.version}"')
+
+    return load
+
+
+class Workload:
+    """Readers and writers over the same skus; the writers' commits are the staleness oracle."""
+
+    def __init__(self, db: Database, plan: CachePlan, names: list[str]) -> None:
+        self._db = db
+        self._plan = plan
+        self._pick = zipf_picker(names, plan.zipf_s, random.Random(7))
+        self._committed: dict[str, list[tuple[float, int]]] = {}
+        self.stale = 0
+        self.reads = 0
+        self.tiers: Counter[str] = Counter()
+
+    async def run(self, read: Callable[[str], Any]) -> float:
+        stop = time.monotonic() + self._plan.seconds
+        started = time.perf_counter()
+        readers = [self._reader(read, stop) for _ in range(self._plan.readers)]
+        await asyncio.gather(self._writer(stop), *readers)
+        return time.perf_counter() - started
+
+    async def _writer(self, stop: float) -> None:
+        interval = 1.0 / self._plan.writes_per_s
+        due = time.monotonic()
+        while (now := time.monotonic()) < stop:
+            if now < due:
+                await asyncio.sleep(due - now)
+            due += interval
+            sku = self._pick()
+            version = await self._db.fetchval(
+                "UPDATE products SET title = 'Title ' || version WHERE sku = $1 RETURNING version",
+                sku,
+            )
+            self._committed.setdefault(sku, []).append((time.monotonic(), version))
+
+    async def _reader(self, read: Callable[[str], Any], stop: float) -> None:
+        while (started := time.monotonic()) < stop:
+            # A request boundary: an L1 hit never suspends, and a server's reader waits for
+            # its socket between requests; without this, hits would starve the invalidator.
+            await asyncio.sleep(0)
+            sku = self._pick()
+            version, tier = await read(sku)
+            self.reads += 1
+            self.tiers[tier] += 1
+            for committed_at, newer in reversed(self._committed.get(sku, ())):
+                if committed_at < started - self._plan.bound_s:
+                    self.stale += newer > version
+                    break
+
+    def report(self, seconds: float, hits: set[str]) -> dict[str, Any]:
+        hit = sum(n for tier, n in self.tiers.items() if tier in hits)
+        return {
+            "reads": self.reads,
+            "reads_per_s": round(self.reads / seconds),
+            "hit_ratio": round(hit / max(self.reads, 1), 4),
+            "stale_reads": self.stale,
+            "tiers": dict(self.tiers),
+        }
+
+
+async def _seed(db: Database, skus: int) -> list[str]:
+    await db.execute(
+        "INSERT INTO products (sku, title, category, attributes) "
+        "SELECT 'C-' || n, 'Title 1', 'bench/c' || (n % 50), jsonb_build_object('n', n) "
+        "FROM generate_series(0, $1 - 1) AS n",
+        skus,
+    )
+    return [f"C-{n}" for n in range(skus)]
+
+
+async def _wait_slot(db: Database, slot: str) -> None:
+    query = "SELECT active FROM pg_replication_slots WHERE slot_name = $1"
+    for _ in range(300):
+        if await db.fetchval(query, slot):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the capture never started reading slot {slot}")
+
+
+async def _events_mode(
+    db: Database, plan: CachePlan, names: list[str], slot: str
+) -> dict[str, Any]:
+    log = PostgresEventLog(db)
+    l1 = L1Cache()
+    invalidator = Invalidator(log, l1, db, slot=slot)
+    lags: list[float] = []
+    invalidator.observer = lags.append
+    await invalidator.start()
+    reads = CachedReads(db, load_policies("", ""), TieredCache(l1), invalidator)
+    try:
+
+        async def read(sku: str) -> tuple[int, str]:
+            answer = await reads.read("product", product_key(sku), _load_product(sku))
+            return int(answer.tag.strip('"')), answer.tier
+
+        workload = Workload(db, plan, names)
+        seconds = await workload.run(read)
+        report = workload.report(seconds, {"l1", "stale"})
+        report["live"] = invalidator.live
+        report["freshness_p50_ms"] = round(percentile(lags, 0.5) * 1000, 2)
+        report["freshness_p99_ms"] = round(percentile(lags, 0.99) * 1000, 2)
+        report["freshness_max_ms"] = round(max(lags, default=0.0) * 1000, 2)
+        report["transactions_applied"] = len(lags)
+        report["l1_hit_us"] = await _l1_hit_latency(reads, names[0])
+        return report
+    finally:
+        await reads.close()
+        await invalidator.close()
+        await log.close()  # its LISTEN connection
+
+
+async def _l1_hit_latency(reads: CachedReads, sku: str) -> dict[str, float]:
+    key, load = product_key(sku), _load_product(sku)
+    await reads.read("product", key, load)
+    samples = []
+    for _ in range(50_000):
+        started = time.perf_counter_ns()
+        answer = await reads.read("product", key, load)
+        samples.append((time.perf_counter_ns() - started) / 1000)
+        assert answer.tier in ("l1", "load")  # a write may evict it meanwhile: then it loads
+    return {"p50": round(percentile(samples, 0.5), 2), "p99": round(percentile(samples, 0.99), 2)}
+
+
+async def _ttl_mode(db: Database, plan: CachePlan, names: list[str]) -> dict[str, Any]:
+    """Plain cache-aside: a value lives for the TTL whatever happens to its row."""
+    cache = TieredCache(L1Cache())
+
+    async def read(sku: str) -> tuple[int, str]:
+        async def load() -> Loaded:
+            async with db.connection() as conn:
+                product = await catalog.get_product(conn, sku)
+            body = product.model_dump_json().encode()
+            expires = time.time() + plan.ttl_baseline_s
+            return Loaded(Entry(body, product.version, expires, f'"{product.version}"'))
+
+        served = await cache.get(product_key(sku), load)
+        return served.entry.version, served.tier
+
+    workload = Workload(db, plan, names)
+    seconds = await workload.run(read)
+    return {**workload.report(seconds, {"l1"}), "ttl_s": plan.ttl_baseline_s}
+
+
+async def _http(
+    dsn: str, db: Database, plan: CachePlan, names: list[str], slot: str
+) -> dict[str, Any]:
+    from retailsync.models import Channel
+    from retailsync.services.keys import create_key
+
+    async with db.transaction() as conn:
+        _, secret = await create_key(conn, Channel.WEB, label="bench")
+    pick = zipf_picker(names[:1000], plan.zipf_s, random.Random(3))
+    auth = {"Authorization": f"Bearer {secret}"}
+
+    def product() -> bytes:
+        return get(f"/v1/products/{pick()}", auth)
+
+    env = {"RETAILSYNC_SERVE_CAPTURE": "false", "RETAILSYNC_CDC_SLOT": slot}
+    with ApiServer(dsn, workers=plan.workers, env=env) as server:
+        await server.wait_ready()
+        await closed_loop("127.0.0.1", server.port, clients=8, seconds=1.0, request=product)
+        cached = await closed_loop(
+            "127.0.0.1", server.port, clients=plan.http_clients, seconds=plan.http_seconds,
+            request=product,
+        )  # fmt: skip
+    port = free_port()
+    hello_args = [sys.executable, "-m", "retailsync.bench.hello", str(port), str(plan.workers)]
+    hello = await asyncio.create_subprocess_exec(*hello_args, stdin=subprocess.DEVNULL)
+    try:
+        await _wait_port(port)
+        hello_request = get("/", {})
+        await closed_loop("127.0.0.1", port, clients=8, seconds=1.0, request=lambda: hello_request)
+        bare = await closed_loop(
+            "127.0.0.1", port, clients=plan.http_clients, seconds=plan.http_seconds,
+            request=lambda: hello_request,
+        )  # fmt: skip
+    finally:
+        hello.terminate()
+        await hello.wait()
+    product_rps = len(cached.latencies) / cached.seconds
+    hello_rps = len(bare.latencies) / bare.seconds
+    return {
+        "workers": plan.workers,
+        "clients": plan.http_clients,
+        "product_get_per_s": round(product_rps),
+        "product_p99_ms": round(percentile(cached.latencies, 0.99) * 1000, 2),
+        "product_statuses": cached.statuses,
+        "hello_per_s": round(hello_rps),
+        "hello_p99_ms": round(percentile(bare.latencies, 0.99) * 1000, 2),
+        "ratio": round(product_rps / hello_rps, 3) if hello_rps else 0.0,
+    }
+
+
+async def _wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise RuntimeError(f"the hello-world server did not listen on {port}")
+
+
+async def run_cache_bench(plan: CachePlan, progress: Progress) -> dict[str, Any]:
+    async with private_database(progress, pool_max=plan.readers + 8) as (dsn, db):
+        names = await _seed(db, plan.skus)
+        slot = new_slot_name()
+        progress(f"{plan.skus} products; starting the capture on slot {slot}")
+        with CaptureProcess(dsn, slot):
+            await _wait_slot(db, slot)
+            progress(
+                f"event invalidation: {plan.readers} readers, {plan.writes_per_s:.0f} writes/s"
+            )
+            events = await _events_mode(db, plan, names, slot)
+            progress(f"cache-aside with a {plan.ttl_baseline_s:.0f} s TTL, same workload")
+            ttl = await _ttl_mode(db, plan, names)
+            progress(f"HTTP: product GETs and a hello-world, {plan.workers} workers each")
+            http = await _http(dsn, db, plan, names, slot)
+    return {
+        "plan": asdict(plan),
+        "events": events,
+        "ttl_only": ttl,
+        "http": http,
+        "hit_ratio": events["hit_ratio"],
+        "ttl_hit_ratio": ttl["hit_ratio"],
+        "stale_reads": events["stale_reads"],
+        "ttl_stale_reads": ttl["stale_reads"],
+        "freshness_p50_ms": events["freshness_p50_ms"],
+        "freshness_p99_ms": events["freshness_p99_ms"],
+        "http_ratio_vs_hello": http["ratio"],
+        "l1_hit_p99_us": events["l1_hit_us"]["p99"],
+    }
