@@ -20,7 +20,7 @@ from retailsync.access import CHANNEL_SCOPES
 from retailsync.access import Scope as AccessScope
 from retailsync.api.cached import cached_headers
 from retailsync.cache.keys import prices_key, product_key, stock_key
-from retailsync.cache.reads import CachedReads
+from retailsync.cache.reads import Answer, CachedReads
 from retailsync.observe.metrics import observe_request
 from retailsync.services.keys import KeyVerifier
 
@@ -64,7 +64,7 @@ class RetailsyncApi(FastAPI):
         if secret is None or secret[:7].lower() != b"bearer " or not hasattr(self.state, "reads"):
             return None
         keys: KeyVerifier = self.state.keys
-        principal = keys.cached(secret[7:].decode("latin-1").strip())
+        principal = keys.cached(secret[7:].decode("latin-1").strip(), raw=secret)
         if principal is None or AccessScope.READ not in CHANNEL_SCOPES[principal.channel]:
             return None
         resource, sku = match.groups()
@@ -75,9 +75,7 @@ class RetailsyncApi(FastAPI):
         if answer is None:
             return None
         not_modified = held is not None and held.removeprefix("W/") == answer.tag.removeprefix("W/")
-        headers = [
-            (k.lower().encode(), v.encode()) for k, v in cached_headers(answer, [key]).items()
-        ]
+        headers = _encoded_headers(answer, key)
         body = b"" if not_modified else answer.body
         if not not_modified:
             headers.append((b"content-type", b"application/json"))
@@ -86,3 +84,19 @@ class RetailsyncApi(FastAPI):
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return _ROUTES[resource]
+
+
+_HEADERS: dict[tuple[str, str, str, str], list[tuple[bytes, bytes]]] = {}
+
+
+def _encoded_headers(answer: Answer, key: str) -> list[tuple[bytes, bytes]]:
+    """The answer's headers as uvicorn takes them, built once per document version."""
+    control = "" if answer.policy is None else answer.policy.cache_control()
+    cache_key = (key, answer.tag, answer.tier, control)
+    encoded = _HEADERS.get(cache_key)
+    if encoded is None:
+        if len(_HEADERS) > 200_000:  # one per cached document, bounded like L1
+            _HEADERS.clear()
+        headers = cached_headers(answer, [key]).items()
+        encoded = _HEADERS[cache_key] = [(k.lower().encode(), v.encode()) for k, v in headers]
+    return list(encoded)  # the caller appends to it

@@ -72,11 +72,25 @@ class KeyVerifier:
         self._db = db
         self._ttl = ttl
         self._cache: dict[bytes, tuple[float, Principal]] = {}
+        self._by_header: dict[bytes, tuple[float, Principal]] = {}
 
-    def cached(self, secret: str) -> Principal | None:
-        """The principal of a key verified less than ``ttl`` ago, without a lookup; else None."""
+    def cached(self, secret: str, *, raw: bytes | None = None) -> Principal | None:
+        """The principal of a key verified less than ``ttl`` ago, without a lookup; else None.
+        ``raw``: the Authorization header as received, remembered until the same expiry so a
+        hot path skips hashing it again."""
+        now = time.monotonic()
+        if raw is not None:
+            seen = self._by_header.get(raw)
+            if seen is not None and seen[0] > now:
+                return seen[1]
         hit = self._cache.get(digest(secret))
-        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+        if hit is None or hit[0] <= now:
+            return None
+        if raw is not None:
+            if len(self._by_header) > 10_000:
+                self._by_header.clear()
+            self._by_header[raw] = hit
+        return hit[1]
 
     async def verify(self, secret: str) -> Principal:
         principal = self.cached(secret)
