@@ -23,7 +23,14 @@ def die_with_parent(signum: int) -> Callable[[], None] | None:
     if sys.platform != "linux":
         return None
     parent = os.getpid()
-    return lambda: follow_parent(signum, parent)
+    prctl = _prctl()  # loaded here: a child forked from a threaded process must not dlopen
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
 
 
 def follow_parent(signum: int, parent: int) -> None:
@@ -31,9 +38,14 @@ def follow_parent(signum: int, parent: int) -> None:
     by kill -9); exit at once if it already has (Linux only; nothing elsewhere)."""
     if sys.platform != "linux":
         return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+    _prctl()(_PR_SET_PDEATHSIG, signum)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _prctl() -> Callable[[int, int], int]:
+    prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -68,8 +68,12 @@ async def _sweep_idempotency(db: Database, ttl_seconds: int) -> None:
 async def _purge_categories(purger: EdgePurger | None, categories: set[str]) -> None:
     """The view consumer changed these categories' pages: purge them from the edge (best
     effort: their s-maxage bounds a purge that fails)."""
-    if purger is not None:
+    if purger is None:
+        return
+    try:
         await purger.purge(category_key(category) for category in categories)
+    except ValueError as exc:  # a category too long for a surrogate key: its TTL bounds it
+        log.warning("category pages not purged: %s", exc)
 
 
 def target_of(settings: Settings) -> ServerTarget:
@@ -146,8 +150,12 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             for chore in chores:
                 chore.cancel()
             for chore in chores:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await chore
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # one failed chore must not stop the rest shutting down
+                    log.exception("a background job had failed")
             await caches.aclose()
             await app.state.clicks.close()
             await app.state.engine.close()

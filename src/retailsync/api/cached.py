@@ -5,6 +5,7 @@ read-your-writes through the ``Consistency-Token`` a write's response carried.""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 from fastapi import Request
@@ -15,6 +16,7 @@ from retailsync.errors import RequestInvalid
 
 TOKEN_HEADER = "Consistency-Token"  # noqa: S105 (a header name)
 _MAX_XID = 2**64 - 1
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: str.isdigit() takes "²" too
 
 
 def content_tag(body: bytes) -> str:
@@ -26,7 +28,7 @@ def consistency_token(request: Request) -> int | None:
     raw = request.headers.get(TOKEN_HEADER.lower())
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 20 or int(raw) > _MAX_XID:
+    if not _DIGITS.fullmatch(raw) or int(raw) > _MAX_XID:
         raise RequestInvalid(TOKEN_HEADER, "expected the token a write's response carried")
     return int(raw)
 

@@ -24,7 +24,7 @@ from retailsync.cache.reads import Answer, CachedReads
 from retailsync.observe.metrics import observe_request
 from retailsync.services.keys import KeyVerifier
 
-_CACHED = re.compile(r"^/v1/(products|prices|stock)/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+_CACHED = re.compile(r"/v1/(products|prices|stock)/([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 _DOMAINS = {
     "products": ("product", product_key),
     "prices": ("price", prices_key),
@@ -42,20 +42,22 @@ class RetailsyncApi(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             started = time.perf_counter()
-            route = await self._answer_from_cache(scope, send)
-            if route is not None:
-                observe_request(route, "GET", started)
+            answered = await self._answer_from_cache(scope, send)
+            if answered is not None:
+                observe_request(answered[0], "GET", started, answered[1])
                 return
         await super().__call__(scope, receive, send)
 
-    async def _answer_from_cache(self, scope: Scope, send: Send) -> str | None:
-        """The route template answered, or None: the request goes on to the framework."""
-        match = _CACHED.match(scope["path"])
+    async def _answer_from_cache(self, scope: Scope, send: Send) -> tuple[str, int] | None:
+        """(route template, status) when answered; None: on to the framework."""
+        match = _CACHED.fullmatch(scope["path"])
         if match is None or scope["query_string"]:
             return None
         secret = held = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if secret is not None:  # two: the framework decides
+                    return None
                 secret = value
             elif name == b"if-none-match":
                 held = value.decode("latin-1").strip()
@@ -74,29 +76,28 @@ class RetailsyncApi(FastAPI):
         answer = reads.hit(domain, key)
         if answer is None:
             return None
-        not_modified = held is not None and held.removeprefix("W/") == answer.tag.removeprefix("W/")
         headers = _encoded_headers(answer, key)
-        body = b"" if not_modified else answer.body
-        if not not_modified:
-            headers.append((b"content-type", b"application/json"))
-        headers.append((b"content-length", str(len(body)).encode()))
-        status = 304 if not_modified else 200
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return _ROUTES[resource]
+        if held is not None and held.removeprefix("W/") == answer.tag.removeprefix("W/"):
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return _ROUTES[resource], 304
+        headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        return _ROUTES[resource], 200
 
 
-_HEADERS: dict[tuple[str, str, str, str], list[tuple[bytes, bytes]]] = {}
+# Per document key, the headers of its version last answered, as uvicorn takes them.
+_HEADERS: dict[str, tuple[str, str, list[tuple[bytes, bytes]]]] = {}
 
 
 def _encoded_headers(answer: Answer, key: str) -> list[tuple[bytes, bytes]]:
-    """The answer's headers as uvicorn takes them, built once per document version."""
-    control = "" if answer.policy is None else answer.policy.cache_control()
-    cache_key = (key, answer.tag, answer.tier, control)
-    encoded = _HEADERS.get(cache_key)
-    if encoded is None:
-        if len(_HEADERS) > 200_000:  # one per cached document, bounded like L1
-            _HEADERS.clear()
-        headers = cached_headers(answer, [key]).items()
-        encoded = _HEADERS[cache_key] = [(k.lower().encode(), v.encode()) for k, v in headers]
-    return list(encoded)  # the caller appends to it
+    held = _HEADERS.get(key)
+    if held is not None and held[0] == answer.tag and held[1] == answer.tier:
+        return list(held[2])  # a copy: the caller appends to it
+    if len(_HEADERS) > 100_000:  # one per cached document, bounded like L1
+        _HEADERS.clear()
+    encoded = [(k.lower().encode(), v.encode()) for k, v in cached_headers(answer, [key]).items()]
+    _HEADERS[key] = (answer.tag, answer.tier, encoded)
+    return list(encoded)

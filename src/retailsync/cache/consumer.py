@@ -24,7 +24,6 @@ from typing import Protocol
 from retailsync.cache import metrics
 from retailsync.cache.keys import affected_keys
 from retailsync.cache.l2 import L2Cache
-from retailsync.errors import EventLogUnavailable
 from retailsync.eventlog.base import Delivery, EventLog
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,8 @@ class InvalidationConsumer:
                             backoff = min(backoff * 2, 5.0)
                 finally:
                     await consumer.close()
-            except EventLogUnavailable as exc:
-                log.warning("cache invalidation consumer: %s; retrying", exc)
+            except Exception as exc:  # undelivered acks are delivered again: retry
+                log.warning("cache invalidation consumer: %r; retrying", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

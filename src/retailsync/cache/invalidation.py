@@ -27,7 +27,6 @@ from retailsync.cache import metrics
 from retailsync.cache.keys import affected_keys
 from retailsync.cache.l1 import L1Cache
 from retailsync.db.database import Database
-from retailsync.errors import DatabaseUnavailable, EventLogUnavailable
 from retailsync.eventlog.base import EventLog, LogRecord
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,10 @@ class Invalidator:
         self._applied: OrderedDict[int, None] = OrderedDict()  # xids of the last transactions
         self._slot_active = False
         self._tailing = False
+        # Bumped whenever changes may have gone unseen (invalidation stopped, or the tail
+        # restarted at the head): a load that began in an older epoch is not stored.
+        self.epoch = 0
+        self.origin = 0  # where the tail (re)started: a value older than that is unknown
         self._writers: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._progress = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,9 +79,9 @@ class Invalidator:
     async def start(self) -> None:
         """Tail from the log's head (a new worker's L1 is empty: older changes cannot matter)."""
         try:
-            self._read = self.position = await self._log.head()
+            self._read = self.position = self.origin = await self._log.head()
             self._tailing = True
-        except EventLogUnavailable as exc:
+        except Exception as exc:  # the tail loop keeps trying
             log.warning("cache invalidation: event log unavailable (%s); reading through", exc)
         await self._check_slot()
         self._tasks = [
@@ -145,7 +148,7 @@ class Invalidator:
         while True:
             try:
                 if not self._tailing:  # the log was away at start or since
-                    self._read = self.position = await self._log.head()
+                    self._read = self.position = self.origin = await self._log.head()
                     self._set_tailing(True)
                 waiter = await self._waiter()
                 records = await self._log.read(self._read, _BATCH)
@@ -159,9 +162,10 @@ class Invalidator:
                         # connection (a database restart) within the freshness bound.
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(waiter.wait(), _WAKEUP_TIMEOUT)
-            except EventLogUnavailable as exc:
+            except Exception as exc:  # whatever it was, the caches must stop trusting events
                 if self._tailing:
-                    log.warning("cache invalidation: event log lost (%s); reading through", exc)
+                    log.warning("cache invalidation: tailing the log failed (%r); reading through",
+                                exc)  # fmt: skip
                 self._set_tailing(False)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -188,9 +192,12 @@ class Invalidator:
     async def _check_slot(self) -> None:
         was = self.live
         try:
-            async with self._db.connection() as conn:
-                self._slot_active = bool(await conn.fetchval(_SLOT_READ, self._slot))
-        except DatabaseUnavailable:
+            async with asyncio.timeout(self._liveness_s * 2):
+                async with self._db.connection() as conn:
+                    self._slot_active = bool(await conn.fetchval(_SLOT_READ, self._slot))
+        except Exception as exc:  # unknown is not active
+            if self._slot_active:
+                log.warning("cache invalidation: cannot see the capture's slot (%r)", exc)
             self._slot_active = False
         self._changed(was)
 
@@ -199,7 +206,9 @@ class Invalidator:
             return
         metrics.INVALIDATION_LIVE.set(1 if self.live else 0)
         if not self.live:
-            # Changes may now go unseen for a while: forget every value (floors stay).
+            # Changes may now go unseen for a while: forget every value (floors stay), and
+            # refuse what loads that began before now bring back.
+            self.epoch += 1
             self._l1.clear()
             log.warning("cache invalidation stopped (capture or log away): reading through")
         else:

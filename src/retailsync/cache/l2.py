@@ -96,7 +96,12 @@ class L2Cache:
             return None
         if raw is None:
             return None
-        return _DECODER.decode(raw if isinstance(raw, bytes) else raw.encode())
+        try:
+            return _DECODER.decode(raw if isinstance(raw, bytes) else raw.encode())
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # not ours, or damaged
+            self.errors += 1
+            log.warning("redis value of %s cannot be read (%s): treated as a miss", key, exc)
+            return None
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> bool:
         """Store unless Redis has seen a newer version (or is away)."""

@@ -112,17 +112,20 @@ class CachedReads:
         """The document of ``key``. ``token``: a write's Consistency-Token (its transaction
         id); the answer then reflects that write, from the cache or read through."""
         policy = self._usable(self.policies.of(domain))
-        if (
-            policy is not None
-            and token is not None
-            and self.invalidator is not None
-            and not await self.invalidator.wait_for(token, self._ryw_wait_s)
-        ):
-            policy = None  # the write is not applied here in time: read through
         if policy is None:
-            document = await self._read_through(loader)
-            metrics.count_read(domain, "bypass")
-            return Answer(document.body, document.tag, "bypass", self.policies.of(domain))
+            # Not cached, or changes could go unseen now: nobody downstream may keep it either.
+            return await self._bypass(domain, loader, None)
+        if token is not None and self.invalidator is not None:
+            if not await self.invalidator.wait_for(token, self._ryw_wait_s):
+                return await self._bypass(domain, loader, policy)  # not here in time
+            entry = self.tiers.l1.get(key)
+            if entry is not None:
+                return self._answer(domain, entry, "l1", policy)
+            # A load already under way may have begun before the write: load anew.
+            loaded = await self._loader(domain, key, loader, policy)()
+            if loaded.cacheable:
+                await self.tiers.put(key, loaded.entry)
+            return self._answer(domain, loaded.entry, "load", policy)
         now = time.time()
         entry = self.tiers.l1.get(key, stale_ok=True)
         if entry is not None:
@@ -140,9 +143,13 @@ class CachedReads:
         metrics.count_read(domain, tier)
         return Answer(entry.value, entry.tag, tier, policy)
 
-    async def _read_through(self, loader: DocumentLoader) -> Document:
+    async def _bypass(
+        self, domain: str, loader: DocumentLoader, policy: DataClass | None
+    ) -> Answer:
         async with self._db.connection() as conn:
-            return await loader(conn)
+            document = await loader(conn)
+        metrics.count_read(domain, "bypass")
+        return Answer(document.body, document.tag, "bypass", policy)
 
     def _loader(
         self, domain: str, key: str, loader: DocumentLoader, policy: DataClass
@@ -152,6 +159,7 @@ class CachedReads:
             # Before the snapshot: see the module's docstring. Without events, versions only
             # order the loads of this worker's TTL-kept values.
             position = 0 if invalidator is None else invalidator.position
+            epoch = 0 if invalidator is None else invalidator.epoch
             started = time.perf_counter()
             async with (
                 self._db.connection() as conn,
@@ -166,7 +174,8 @@ class CachedReads:
             sees_all = all(snapshot.sees(xid) for xid in invalidator.writers(key))
             if document.cacheable and not sees_all:
                 metrics.REFUSED_PUTS.labels(domain).inc()
-            return Loaded(entry, document.cacheable and sees_all and invalidator.live)
+            still = invalidator.live and invalidator.epoch == epoch
+            return Loaded(entry, document.cacheable and sees_all and still)
 
         return load
 

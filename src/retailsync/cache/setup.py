@@ -35,7 +35,8 @@ async def open_caches(
     policies = settings.cache_policies
     if settings.cache_l1_entries == 0:  # caching off: every domain reads through
         policies.domains = {name: type(d)(None) for name, d in policies.domains.items()}
-    reads = CachedReads(db, policies, TieredCache(l1, l2), invalidator)
+    origin = (lambda: 0) if invalidator is None else (lambda: invalidator.origin)
+    reads = CachedReads(db, policies, TieredCache(l1, l2, origin=origin), invalidator)
     try:
         yield reads
     finally:

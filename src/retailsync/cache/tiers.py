@@ -33,9 +33,14 @@ Loader = Callable[[], Awaitable[Loaded]]
 
 
 class TieredCache:
-    def __init__(self, l1: L1Cache, l2: L2Cache | None = None) -> None:
+    def __init__(
+        self, l1: L1Cache, l2: L2Cache | None = None, *, origin: Callable[[], int] = lambda: 0
+    ) -> None:
         self.l1 = l1
         self.l2 = l2
+        # Below this version, a value's freshness is unknown to this worker (its tail began
+        # later, or the key's floor was pushed out): an L2 value older than it is not used.
+        self._origin = origin
         self._loading: dict[str, asyncio.Future[Served]] = {}
 
     async def get(self, key: str, load: Loader) -> Served:
@@ -68,7 +73,7 @@ class TieredCache:
             entry = await self.l2.get(key)
             if entry is not None and entry.expires_at > time.time():
                 floor = self.l1.floor(key)
-                if floor is None or entry.version >= floor:
+                if entry.version >= (self._origin() if floor is None else floor):
                     self.l1.put(key, entry)
                     return Served(entry, "l2")
         entry, cacheable = await load()

@@ -8,24 +8,27 @@ A deployment that runs the capture elsewhere sets ``RETAILSYNC_SERVE_CAPTURE=fal
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from types import TracebackType
 from typing import Self
 
 from retailsync.process import die_with_parent
 
 log = logging.getLogger(__name__)
-_RESTART_DELAY = 1.0
+_RESTART_DELAY, _RESTART_DELAY_MAX = 1.0, 30.0
 _STOP_TIMEOUT = 10.0
 
 
 class CaptureChild:
     def __init__(self, dsn: str, log_level: str) -> None:
-        self._args = [sys.executable, "-m", "retailsync", "--db-url", dsn]
-        self._args += ["--log-level", log_level, "cdc", "run"]
+        # The URL travels in the environment: a command line is readable by every local user.
+        self._env = {**os.environ, "RETAILSYNC_DB_URL": dsn}
+        self._args = [sys.executable, "-m", "retailsync", "--log-level", log_level, "cdc", "run"]
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -54,6 +57,7 @@ class CaptureChild:
         self._thread.join(_STOP_TIMEOUT)
 
     def _supervise(self) -> None:
+        delay = _RESTART_DELAY / 2
         while not self._stopping.is_set():
             with self._lock:
                 if self._stopping.is_set():
@@ -61,11 +65,16 @@ class CaptureChild:
                 self._process = subprocess.Popen(
                     self._args,
                     stdin=subprocess.DEVNULL,
+                    env=self._env,
                     start_new_session=True,  # Ctrl-C reaches the server, which stops us in order
                     preexec_fn=die_with_parent(signal.SIGTERM),
                 )
                 process = self._process
+            started = time.monotonic()
             code = process.wait()
             if not self._stopping.is_set():
-                log.warning("the capture exited with code %s; restarting it", code)
-                self._stopping.wait(_RESTART_DELAY)
+                # Quick exits (the slot held by another capture, the server away) back off.
+                delay = delay * 2 if time.monotonic() - started < 10 else _RESTART_DELAY
+                delay = min(delay, _RESTART_DELAY_MAX)
+                log.warning("the capture exited with code %s; restarting in %.0f s", code, delay)
+                self._stopping.wait(delay)

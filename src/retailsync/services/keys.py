@@ -86,7 +86,7 @@ class KeyVerifier:
         hit = self._cache.get(digest(secret))
         if hit is None or hit[0] <= now:
             return None
-        if raw is not None:
+        if raw is not None and len(raw) <= 100:  # padded variants of one key: not remembered
             if len(self._by_header) > 10_000:
                 self._by_header.clear()
             self._by_header[raw] = hit

@@ -69,8 +69,11 @@ class ViewMaintainer:
                         backoff = _BACKOFF_MIN
                 finally:
                     await consumer.close()
-            except (DatabaseUnavailable, EventLogUnavailable) as exc:
-                log.warning("view consumer: %s; retrying in %.1f s", exc, backoff)
+            except Exception as exc:  # even a bug must not stop the views for good
+                if isinstance(exc, (DatabaseUnavailable, EventLogUnavailable)):
+                    log.warning("view consumer: %s; retrying in %.1f s", exc, backoff)
+                else:
+                    log.exception("view consumer failed; retrying in %.1f s", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
