@@ -68,9 +68,7 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyp
 class Serve:
     """`retailsync serve` in a subprocess, stopped (or killed) by the test."""
 
-    def __init__(
-        self, db_url: str, *, workers: int = 1, env: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, db_url: str, *, workers: int = 1, env: dict[str, str] | None = None) -> None:
         self.db_url = db_url
         self.env = {**serve_env(), **(env or {})}
         self.port = free_port()

@@ -79,6 +79,19 @@ class TestConsumerGroups:
         assert await nothing_due(restarted)
         await restarted.close()
 
+    async def test_a_batch_acked_at_once_is_remembered(self, log: EventLog) -> None:
+        events = make_events(6)
+        await log.append(events)
+        worker = await log.consumer("batcher", ack_wait=0.5, max_deliveries=3)
+        first = await worker.fetch(4, max_wait=3.0)
+        await worker.ack_all(first)
+        await worker.ack_all([])
+        rest = await take(worker, 6 - len(first))
+        assert ids(first + rest) == [e.id for e in events]
+        await asyncio.sleep(0.7)  # past ack_wait: nothing acked comes back
+        assert await nothing_due(worker)
+        await worker.close()
+
     async def test_two_groups_at_their_own_pace(self, log: EventLog) -> None:
         events = make_events(10)
         await log.append(events)

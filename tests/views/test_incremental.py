@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -71,7 +72,7 @@ class _Gate:
             async def fetch(self, batch: int = 100, max_wait: float = 1.0) -> list[Delivery]:
                 return await inner.fetch(batch, max_wait)
 
-            async def ack(self, delivery: Delivery) -> None:
+            async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
                 gate.reached.set()
                 await asyncio.Event().wait()
 

@@ -176,6 +176,11 @@ def print_cache(report: dict[str, Any], console: Console) -> None:
     table.add_row(f"TTL only ({ttl['ttl_s']:g} s)", _cell(ttl["reads_per_s"]),
                   _cell(ttl["hit_ratio"]), _cell(ttl["stale_reads"]), "TTL")  # fmt: skip
     console.print(table)
+    console.print(
+        f"views (category pages, facets, availability): commit to view p50 "
+        f"{events['view_lag_p50_ms']} ms, p99 {events['view_lag_p99_ms']} ms "
+        f"({events['view_events']} events)"
+    )
     http = report["http"]
     console.print(
         f"L1 hit through the read path: p50 {events['l1_hit_us']['p50']} us, "

@@ -80,8 +80,7 @@ class InvalidationConsumer:
                         if not deliveries:
                             continue
                         if await self.handle(deliveries):
-                            for delivery in deliveries:
-                                await consumer.ack(delivery)
+                            await consumer.ack_all(deliveries)
                             backoff = 0.1
                         else:  # delivered again, for as long as the outage lasts
                             for delivery in deliveries:

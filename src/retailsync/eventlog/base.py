@@ -83,6 +83,11 @@ class Consumer(Protocol):
         """
         ...
 
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """``ack`` for each, in one round trip where the backend can (a batch applied in one
+        transaction is acknowledged at once, not one commit per event)."""
+        ...
+
     async def nack(self, delivery: Delivery, error: str) -> None:
         """Handling failed: deliver the event again, or dead-letter it with ``error`` if this
         was its last allowed delivery."""

@@ -380,6 +380,9 @@ class NatsConsumer:
         with _translated(), suppress(nats.errors.MsgAlreadyAckdError):
             await _message(delivery).ack_sync(timeout=self._ack_timeout)
 
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        await asyncio.gather(*(self.ack(delivery) for delivery in deliveries))
+
     async def nack(self, delivery: Delivery, error: str) -> None:
         msg = _message(delivery)
         with _translated(), suppress(nats.errors.MsgAlreadyAckdError):

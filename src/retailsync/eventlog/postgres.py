@@ -355,6 +355,16 @@ class PostgresConsumer:
                 delivery.offset,
             )
 
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        async with self._log._transaction() as conn:
+            await conn.execute(
+                "DELETE FROM event_log_deliveries WHERE group_name = $1 AND seq = ANY($2)",
+                self._group,
+                [delivery.offset for delivery in deliveries],
+            )
+
     async def nack(self, delivery: Delivery, error: str) -> None:
         # Matching on the attempt keeps a stale worker from cutting short the lease of the
         # worker that holds the event now.

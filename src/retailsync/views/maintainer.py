@@ -42,6 +42,7 @@ class ViewMaintainer:
         on_changed: Callable[[set[str]], Awaitable[object]] | None = None,
     ) -> None:
         self._on_changed = on_changed  # told the categories a committed batch changed
+        self.observer: Callable[[float], None] | None = None  # commit to view, seconds
         self._db = db
         self._log = event_log
         self._batch = batch
@@ -91,14 +92,16 @@ class ViewMaintainer:
             return
         committed = time.time()
         for delivery in deliveries:
-            metrics.LAG.observe(max(committed - delivery.event.commit_ts_us / 1e6, 0.0))
+            lag = max(committed - delivery.event.commit_ts_us / 1e6, 0.0)
+            metrics.LAG.observe(lag)
+            if self.observer is not None:
+                self.observer(lag)
         for name in ("applied", "skipped", "ignored"):
             if count := getattr(outcome, name):
                 metrics.EVENTS.labels(name).inc(count)
         if outcome.categories and self._on_changed is not None:
             await self._on_changed(outcome.categories)
-        for delivery in deliveries:
-            await consumer.ack(delivery)
+        await consumer.ack_all(deliveries)
 
     async def _apply(self, deliveries: Sequence[Delivery]) -> Outcome:
         events = [delivery.event for delivery in deliveries]
