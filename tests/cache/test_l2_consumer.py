@@ -21,8 +21,12 @@ PRODUCT = {"title": "Lamp", "category": "home", "attributes": {}}
 async def test_l2_is_invalidated_and_an_outage_is_made_good(
     cdc_db: Database, cdc_dsn: str, private_redis: RedisServer
 ) -> None:
-    async with cached_api(cdc_db, cdc_dsn, cache_url=private_redis.url) as api:
-        reader = L2Cache(redis.Redis.from_url(private_redis.url))  # the workers' key prefix
+    async with (
+        asyncio.timeout(90),  # a hang is a failure with a traceback, not a stuck suite
+        cached_api(cdc_db, cdc_dsn, cache_url=private_redis.url) as api,
+    ):
+        client = redis.Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
+        reader = L2Cache(client)  # the workers' key prefix
         try:
             write = await api.call("PUT", "/v1/products/LAMP-1", json=PRODUCT)
             invalidator = api.reads.invalidator

@@ -192,9 +192,8 @@ class Invalidator:
     async def _check_slot(self) -> None:
         was = self.live
         try:
-            async with asyncio.timeout(self._liveness_s * 2):
-                async with self._db.connection() as conn:
-                    self._slot_active = bool(await conn.fetchval(_SLOT_READ, self._slot))
+            async with self._db.connection() as conn:
+                self._slot_active = bool(await conn.fetchval(_SLOT_READ, self._slot))
         except Exception as exc:  # unknown is not active
             if self._slot_active:
                 log.warning("cache invalidation: cannot see the capture's slot (%r)", exc)
