@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -11,6 +13,9 @@ import asyncpg
 
 from retailsync.config import ServerTarget
 from retailsync.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+_CLOSE_TIMEOUT = 10.0
 
 if TYPE_CHECKING:  # the stubs make these generic; at run time they are plain classes
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record]
@@ -57,7 +62,13 @@ class Database:
         return cls(pool)
 
     async def close(self) -> None:
-        await self._pool.close()
+        """Close the pool once its connections are back; after 10 s, close them anyway (a
+        connection that never comes back must not hang a shutdown)."""
+        try:
+            await asyncio.wait_for(self._pool.close(), _CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("connections still in use after %.0f s: closed anyway", _CLOSE_TIMEOUT)
+            self._pool.terminate()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:

@@ -274,9 +274,15 @@ class PostgresEventLog:
             try:
                 conn = await stack.enter_async_context(self._db.connection())
                 await conn.add_listener(_CHANNEL, self._notified)
-            except DatabaseUnavailable as exc:
-                await stack.aclose()
-                raise EventLogUnavailable(f"event log: {exc}") from exc
+            except BaseException as exc:
+                # The connection must go back to the pool whatever failed (a server gone
+                # mid-LISTEN raises asyncpg's own errors here): a pool closes only when
+                # every connection is back.
+                with suppress(Exception):
+                    await stack.aclose()
+                if isinstance(exc, Exception):
+                    raise EventLogUnavailable(f"event log: {exc}") from exc
+                raise
             stack.push_async_callback(conn.remove_listener, _CHANNEL, self._notified)
             conn.add_termination_listener(self._lost)
             self._listening = stack
