@@ -19,6 +19,7 @@ class Scope(StrEnum):
     CATALOG_WRITE = "catalog:write"  # products, prices, locations
     CONFLICTS = "conflicts"  # read and resolve the conflict ledger
     SYNC = "sync"  # exchange CRDT deltas as an offline replica
+    FLAGS = "flags"  # manage feature flags (rollouts and kill switches)
 
 
 CHANNEL_SCOPES: Mapping[Channel, frozenset[Scope]] = {

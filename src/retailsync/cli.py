@@ -24,6 +24,7 @@ from retailsync.db.migrate import migrate
 from retailsync.db.target import running_server
 from retailsync.errors import RetailsyncError
 from retailsync.models import Channel
+from retailsync.traffic.capacity_cli import capacity_app
 
 if TYPE_CHECKING:  # the cdc modules load only for the cdc commands
     from retailsync.cdc.capture import CaptureConfig
@@ -45,6 +46,7 @@ inventory_app = typer.Typer(help="Stock reservations.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(cdc_app, name="cdc")
 app.add_typer(inventory_app, name="inventory")
+app.add_typer(capacity_app, name="capacity")
 err = Console(stderr=True)
 out = Console()
 

@@ -226,6 +226,26 @@ class Settings(BaseModel):
     serve_capture: bool = Field(
         True, description="`serve` runs the change capture too (when the server has logical WAL)"
     )
+    traffic_management: bool = Field(
+        True, description="Admit requests by criticality under an adaptive concurrency limit"
+    )
+    traffic_classes: str = Field("", description="JSON overrides of the criticality classes")
+    traffic_routes: str = Field("", description="JSON routes to criticality classes, first")
+    waiting_rooms: str = Field(
+        "", description="JSON list of sale events behind a waiting room (name, paths, skus, rate)"
+    )
+    waiting_room_secret: str = Field(
+        "", repr=False, description="HMAC key of queue tokens (empty: one kept in PostgreSQL)"
+    )
+    rate_limit_key: str = Field(
+        "", description="Requests each API key may make, e.g. 200/second;5000/minute (empty: any)"
+    )
+    rate_limit_address: str = Field(
+        "", description="Requests each client address (IPv6: /64) may make (empty: any)"
+    )
+    rate_limit_url: str | None = Field(
+        None, pattern=r"^rediss?://", description="Redis the workers share limits in (none: local)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
     @property
@@ -299,4 +319,13 @@ def load_settings(
     from retailsync.cache.policy import load_policies
 
     load_policies(settings.cache_classes, settings.cache_domains)  # fails at start-up, too
+    from retailsync.traffic.classes import load_route_table
+
+    load_route_table(settings.traffic_classes, settings.traffic_routes)
+    from retailsync.traffic.waiting_room import load_waiting_rooms
+
+    load_waiting_rooms(settings.waiting_rooms, settings.waiting_room_secret)
+    from retailsync.traffic.ratelimit import validate_rate_limits
+
+    validate_rate_limits(settings, source)
     return settings

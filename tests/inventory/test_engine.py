@@ -175,9 +175,13 @@ async def test_auto_takes_escrow_while_hot_and_the_row_when_low(
     hot = [engine.hold(request(("HOT", "eu-dc1", 1))) for _ in range(120)]
     strategies = {hold.strategy for hold in await asyncio.gather(*hot)}
     assert "escrow" in strategies
-    # A sku near its threshold (20) is never put in escrow: its last units sell from the row.
-    low = await asyncio.gather(*[engine.hold(request(("LOW", "eu-dc1", 1))) for _ in range(25)])
-    assert {hold.strategy for hold in low[-5:]} == {"batched"}
+    # A sku near its threshold (20) never has more than 30 - 20 units in escrow: the rest, and
+    # every hold once it is that low, sell from the row. Which of a concurrent burst the
+    # escrow lanes serve depends on how their refills interleave, so only the count is fixed.
+    burst = await asyncio.gather(*[engine.hold(request(("LOW", "eu-dc1", 1))) for _ in range(20)])
+    assert sum(hold.strategy == "escrow" for hold in burst) <= 30 - 20
+    after = [await engine.hold(request(("LOW", "eu-dc1", 1))) for _ in range(5)]
+    assert {hold.strategy for hold in after} == {"batched"}
     assert (
         await db.fetchval("SELECT coalesce(sum(free), 0) FROM escrow_allotments WHERE sku = 'LOW'")
         <= 30 - 20

@@ -28,6 +28,7 @@ from retailsync.api.routes import (
     changes,
     clicks,
     conflicts,
+    flags,
     locations,
     orders,
     prices,
@@ -54,6 +55,8 @@ from retailsync.process import follow_parent
 from retailsync.services.idempotency import forget_expired
 from retailsync.services.keys import KeyVerifier
 from retailsync.sync.appliers import appliers
+from retailsync.traffic.flags import FlagStore
+from retailsync.traffic.setup import open_traffic
 from retailsync.views import ViewMaintainer
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,18 @@ async def _purge_categories(purger: EdgePurger | None, categories: set[str]) -> 
         log.warning("category pages not purged: %s", exc)
 
 
+async def _stop_chores(chores: list[asyncio.Task[None]]) -> None:
+    for chore in chores:
+        chore.cancel()
+    for chore in chores:
+        try:
+            await chore
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # one failed chore must not stop the rest shutting down
+            log.exception("a background job had failed")
+
+
 def target_of(settings: Settings) -> ServerTarget:
     target = settings.database
     if not isinstance(target, ServerTarget):
@@ -91,8 +106,21 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own_db = db is None
-        database = await Database.connect(target_of(settings)) if db is None else db
+        # Whatever was opened is closed again, in reverse, also when a later step fails.
+        async with contextlib.AsyncExitStack() as stack:
+            await _open_worker(app, stack)
+            # Everything made so far lives as long as the worker: keep it out of the
+            # collector's full passes, which would otherwise walk it every few thousand
+            # requests.
+            gc.collect()
+            gc.freeze()
+            yield
+
+    async def _open_worker(app: FastAPI, stack: contextlib.AsyncExitStack) -> None:
+        database = db
+        if database is None:
+            database = await Database.connect(target_of(settings))
+            stack.push_async_callback(database.close)
         app.state.db = database
         app.state.keys = KeyVerifier(database, ttl=settings.api_key_cache_seconds)
         # Each worker is an HLC node of its own: decisions it stamps never tie another's.
@@ -100,6 +128,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         app.state.hlc = hlc
         app.state.appliers = appliers(hlc)  # for the reconciliation chore and admin decisions
         app.state.event_log = await open_event_log(settings.event_log_url, db=database)
+        stack.push_async_callback(app.state.event_log.close)
         engine_config = settings.engine_config
         engine_db = await Database.connect(
             ServerTarget(
@@ -107,17 +136,20 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
                 pool_min=1,
                 pool_max=engine_config.pool_size(settings.inventory_pool_max),
                 command_timeout=30.0,
-            )
+            ),
+            breaker=database.breaker,  # one server: one verdict on whether it is there
         )
+        stack.push_async_callback(engine_db.close)
         app.state.engine = InventoryEngine(engine_db, engine_config)
         await app.state.engine.start()
+        stack.push_async_callback(app.state.engine.close)
         app.state.clicks = ClickBuffer(database, flush_interval=settings.click_flush_ms / 1000)
         app.state.clicks.start()
-        caches = contextlib.AsyncExitStack()
+        stack.push_async_callback(app.state.clicks.close)
         purger = None
         if settings.edge_purge_url:
-            purger = await caches.enter_async_context(EdgePurger(settings.edge_purge_url))
-        app.state.reads = await caches.enter_async_context(
+            purger = await stack.enter_async_context(EdgePurger(settings.edge_purge_url))
+        app.state.reads = await stack.enter_async_context(
             open_caches(settings, database, app.state.event_log, purger)
         )
         views = ViewMaintainer(
@@ -140,29 +172,13 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
                 )
             ),
         ]
-        # Everything made so far lives as long as the worker: keep it out of the collector's
-        # full passes, which would otherwise walk it every few thousand requests.
-        gc.collect()
-        gc.freeze()
-        try:
-            yield
-        finally:
-            for chore in chores:
-                chore.cancel()
-            for chore in chores:
-                try:
-                    await chore
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # one failed chore must not stop the rest shutting down
-                    log.exception("a background job had failed")
-            await caches.aclose()
-            await app.state.clicks.close()
-            await app.state.engine.close()
-            await engine_db.close()
-            await app.state.event_log.close()
-            if own_db:
-                await database.close()
+        stack.push_async_callback(_stop_chores, chores)
+        # Feature flags: each worker holds them all, reloaded on NOTIFY (traffic/flags.py).
+        app.state.flags = FlagStore(database)
+        await app.state.flags.start()
+        stack.push_async_callback(app.state.flags.close)
+        # Last, so that no request is admitted before everything it needs is open.
+        app.state.traffic = await stack.enter_async_context(open_traffic(settings, database))
 
     app = RetailsyncApi(
         title="retailsync",
@@ -177,7 +193,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     problems.install(app)
     openapi.install(app, [Hold])
     routes = (products, prices, stock, locations, carts, orders, reservations, sync, conflicts)
-    for module in (*routes, categories, changes, clicks):
+    for module in (*routes, categories, changes, clicks, flags):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["operations"])

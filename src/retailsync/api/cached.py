@@ -50,6 +50,8 @@ def cached_headers(answer: Answer, surrogate: Sequence[str]) -> dict[str, str]:
     }
     if answer.tier == "stale":  # served past its TTL while a refresh runs (RFC 9111 Warning)
         headers["Warning"] = '110 retailsync "Response is Stale"'
+    elif answer.tier == "stale-if-error":  # the database is away: the last value held
+        headers["Warning"] = '111 retailsync "Revalidation Failed"'
     return headers
 
 

@@ -23,6 +23,7 @@ from retailsync.cache.keys import prices_key, product_key, stock_key
 from retailsync.cache.reads import Answer, CachedReads
 from retailsync.observe.metrics import observe_request
 from retailsync.services.keys import KeyVerifier
+from retailsync.traffic.gate import TrafficGate
 
 _CACHED = re.compile(r"/v1/(products|prices|stock)/([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 _DOMAINS = {
@@ -40,6 +41,13 @@ class RetailsyncApi(FastAPI):
     (each layer of which costs a coroutine and a wrapped ``send`` per request)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gate: TrafficGate | None = getattr(self.state, "traffic", None)
+        if gate is not None and scope["type"] == "http":
+            await gate(scope, receive, send, self._serve)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             started = time.perf_counter()
             answered = await self._answer_from_cache(scope, send)

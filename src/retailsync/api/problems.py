@@ -1,12 +1,14 @@
 """Errors as RFC 9457 problem documents (application/problem+json) with stable ``type``s.
 
 No stack trace ever reaches a client: unexpected exceptions are logged here and answered
-with a bare 500 problem.
+with a bare 500 problem. Every 503 carries ``Retry-After`` (RFC 9110): when the database's
+circuit breaker is open, the seconds until its next probe; otherwise 1.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from retailsync import errors
 from retailsync.observe.metrics import REJECTIONS
+from retailsync.traffic.breaker import Breaker
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE_PREFIX = "urn:retailsync:problem:"
@@ -52,6 +55,8 @@ def problem(
     status: int, slug: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     REJECTIONS.labels(slug).inc()
+    if status == 503 and not any(name.lower() == "retry-after" for name in headers or ()):
+        headers = {**(headers or {}), "Retry-After": "1"}  # unavailable: say when to retry
     body = {
         "type": PROBLEM_TYPE_PREFIX + slug,
         "title": slug.replace("-", " ").capitalize(),
@@ -103,9 +108,12 @@ def _http_error(_: Request, exc: Exception) -> Response:
     return problem(exc.status_code, slug, str(exc.detail), headers=exc.headers)
 
 
-def _unavailable(_: Request, exc: Exception) -> Response:
+def _unavailable(request: Request, exc: Exception) -> Response:
     log.warning("database unavailable: %s", exc)
-    return problem(503, "unavailable", "the database is unavailable", headers={"Retry-After": "1"})
+    breaker = getattr(getattr(request.app.state, "db", None), "breaker", None)
+    wait = max(1.0, breaker.retry_after_s()) if isinstance(breaker, Breaker) else 1.0
+    headers = {"Retry-After": str(math.ceil(wait))}
+    return problem(503, "unavailable", "the database is unavailable", headers=headers)
 
 
 def _unexpected(_: Request, exc: Exception) -> Response:

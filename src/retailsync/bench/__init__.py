@@ -184,3 +184,21 @@ def cache_bench(
     from retailsync.bench.report import print_cache
 
     _report(lambda: run_cache_bench(QUICK if quick else FULL, _progress), print_cache, as_json)
+
+
+@bench_app.command("overload")
+def overload_bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="4 s per level and 1,000 products: about 2 minutes")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """`retailsync serve` offered 1x, 3x and 10x its measured capacity (open model: constant
+    arrivals, latency from the intended send time) in a browse-heavy mix, with traffic
+    management on and off: per class offered, goodput, shed and p50/p99/p99.9."""
+    from retailsync.bench.overload import FULL, QUICK, run_overload_bench
+    from retailsync.bench.report import print_overload
+
+    _report(
+        lambda: run_overload_bench(QUICK if quick else FULL, _progress), print_overload, as_json
+    )

@@ -191,3 +191,25 @@ def print_cache(report: dict[str, Any], console: Console) -> None:
         f"{http['product_get_per_s']:,}/s (p99 {http['product_p99_ms']} ms), hello-world "
         f"{http['hello_per_s']:,}/s (p99 {http['hello_p99_ms']} ms): ratio {http['ratio']}"
     )
+
+
+def print_overload(report: dict[str, Any], console: Console) -> None:
+    console.print(
+        f"capacity (closed loop, management off): {report['capacity_rps']:,} requests/s; "
+        f"admission decision p99 {report['admission_decision_p99_us']} us"
+    )
+    for level, modes in report["levels"].items():
+        table = Table(title=f"{level} capacity offered ({modes['off']['offered_per_s']:,}/s)")
+        for column in ("management", "class", "offered/s", "goodput", "shed", "errors",
+                       "p50 ms", "p99 ms", "p99.9 ms"):  # fmt: skip
+            table.add_column(
+                column, justify="left" if column in ("management", "class") else "right"
+            )
+        for mode in ("on", "off"):
+            for name, c in modes[mode]["classes"].items():
+                table.add_row(
+                    mode, name, _cell(c["offered_per_s"]), _cell(c["goodput_ratio"]),
+                    _cell(c["shed_ratio"]), _cell(c["errors"]), _cell(c["p50_ms"]),
+                    _cell(c["p99_ms"]), _cell(c["p999_ms"]),
+                )  # fmt: skip
+        console.print(table)

@@ -6,20 +6,23 @@ decimal strings, compared as strings, so they are exact for any 64-bit version (
 are doubles). A key's value and floor share a hash tag, so the script works on Redis Cluster.
 
 Redis is a cache: when it cannot be reached, reads miss and writes are dropped (counted),
-never errors to shoppers, and for ``retry_after`` seconds no call is tried at all, so a dead
-Redis costs nothing per request; then it is tried again.
+never errors to shoppers. The first failure opens its circuit breaker (``traffic.breaker``,
+dependency ``redis``): for ``retry_after`` seconds no call is tried at all, so a dead Redis
+costs nothing per request (a timeout per request would cost more than the database read it
+saves); then one probe call, whose success closes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 
 import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from retailsync.cache.entry import Entry
+from retailsync.traffic.breaker import Breaker, BreakerPolicy, State
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,7 @@ class L2Cache:
     def __init__(self, client: redis.Redis, *, prefix: str = "rs", retry_after: float = 1.0):
         self._client = client
         self._prefix = prefix
-        self._retry_after = retry_after
-        self._down_until = 0.0
+        self.breaker = Breaker("redis", BreakerPolicy(failures=1, reset_s=retry_after))
         self._put = client.register_script(_PUT)
         self._invalidate = client.register_script(_INVALIDATE)
         self.errors = 0
@@ -75,25 +77,38 @@ class L2Cache:
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        """Whether a call would be tried now (closed, or due for a probe)."""
+        return self.breaker.ready
+
+    @property
+    def _retry_after(self) -> float:
+        return self.breaker.policy.reset_s
+
+    @_retry_after.setter
+    def _retry_after(self, seconds: float) -> None:
+        self.breaker.policy = dataclasses.replace(self.breaker.policy, reset_s=seconds)
 
     def _keys(self, key: str) -> list[str]:
         return [f"{self._prefix}:{{{key}}}:v", f"{self._prefix}:{{{key}}}:f"]
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.errors += 1
-        if self.available:
+        if self.breaker.state is State.CLOSED:
             log.warning("redis %s failed (%s); L1 and the database carry on", what, exc)
-        self._down_until = time.monotonic() + self._retry_after
+        self.breaker.failed()
 
     async def get(self, key: str) -> Entry | None:
-        if not self.available:
+        if not self.breaker.allow():
             return None
         try:
             raw = await self._client.hget(self._keys(key)[0], "d")
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return None
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.succeeded()
         if raw is None:
             return None
         try:
@@ -105,31 +120,38 @@ class L2Cache:
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> bool:
         """Store unless Redis has seen a newer version (or is away)."""
-        if not self.available:
+        if not self.breaker.allow():
             return False
         ttl_ms = max(1, int(ttl_s * 1000))
         args: list[bytes | str | int] = [
             _version(entry.version), _ENCODER.encode(entry), ttl_ms, FLOOR_TTL_MS
         ]  # fmt: skip
         try:
-            return bool(await self._put(keys=self._keys(key), args=args))
+            stored = bool(await self._put(keys=self._keys(key), args=args))
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
             return False
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.succeeded()
+        return stored
 
     async def invalidate_strict(self, key: str, version: int) -> bool:
         """Like ``invalidate``, but True once Redis has the floor (now or before) and False only
-        when Redis could not be reached: the invalidation consumer retries those."""
+        when Redis could not be reached: the invalidation consumer retries those. Tried even
+        while the breaker is open (the consumer paces its own retries)."""
         try:
             await self._invalidate(keys=self._keys(key), args=[_version(version), FLOOR_TTL_MS])
         except (RedisError, OSError) as exc:
             self._failed("invalidate", exc)
             return False
+        self.breaker.succeeded()
         return True
 
     async def invalidate(self, key: str, version: int) -> bool:
         """The source is at ``version`` now: drop an older value (False if already seen)."""
-        if not self.available:
+        if not self.breaker.allow():
             return False
         try:
             done = await self._invalidate(
@@ -138,4 +160,8 @@ class L2Cache:
         except (RedisError, OSError) as exc:
             self._failed("invalidate", exc)
             return False
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.succeeded()
         return bool(done)

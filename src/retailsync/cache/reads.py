@@ -8,6 +8,15 @@ Loads and versions. A load is tagged with the invalidator's position taken befor
 written and decoded) a moment before it is visible to new snapshots. So a load reads its rows
 and ``pg_current_snapshot()`` in one REPEATABLE READ snapshot, and if the last transactions
 that changed the key are not all visible in it, the value is answered but not stored.
+
+Stale if error (RFC 5861). When the database cannot be reached (DatabaseUnavailable: its
+breaker is open, or the connection failed), a read of a class that tolerates stale values
+(``swr_s`` > 0; not stock, which is never served past its TTL) is answered with the last value
+this worker held for the key, up to ``stale_if_error_s`` past its expiry, with tier
+``stale-if-error`` and no shared caching; with nothing held, the error goes on (a 503). It
+may predate a change this worker has not read yet: that is what the marker tells. The
+last values are kept apart from L1 (a bounded map of the same documents) because L1 is emptied
+when event invalidation stops, and a database outage stops it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
@@ -25,6 +35,7 @@ from retailsync.cache.invalidation import Invalidator
 from retailsync.cache.policy import DataClass, PolicyTable, refresh_early
 from retailsync.cache.tiers import Loaded, TieredCache
 from retailsync.db.database import Connection, Database
+from retailsync.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 _SNAPSHOT = "SELECT pg_current_snapshot()::text"
@@ -45,8 +56,21 @@ DocumentLoader = Callable[[Connection], Awaitable[Document]]
 class Answer(NamedTuple):
     body: bytes
     tag: str
-    tier: str  # l1, l2, load, stale (served past its TTL while refreshing), bypass
-    policy: DataClass | None  # None: the domain is never cached
+    # l1, l2, load, stale (served past its TTL while refreshing), bypass, stale-if-error (the
+    # last value held, served because the database is unavailable)
+    tier: str
+    policy: DataClass | None  # None: the domain is never cached (or not shared now)
+
+
+STALE_IF_ERROR = "stale-if-error"
+
+
+class _Held(NamedTuple):
+    """The last value read for a key, kept for a database outage."""
+
+    body: bytes
+    tag: str
+    expires_at: float
 
 
 class Snapshot(NamedTuple):
@@ -78,12 +102,19 @@ class CachedReads:
         invalidator: Invalidator | None,
         *,
         ryw_wait_s: float = 0.1,
+        stale_if_error_s: float = 3600.0,
+        held_entries: int = 10_000,
     ) -> None:
+        """``stale_if_error_s``: how long past its expiry a value may still be served while
+        the database is unavailable; ``held_entries``: how many last values are kept for it."""
         self._db = db
         self.policies = policies
         self.tiers = tiers
         self.invalidator = invalidator
         self._ryw_wait_s = ryw_wait_s
+        self._stale_if_error_s = stale_if_error_s
+        self._held_max = held_entries
+        self._held: OrderedDict[str, _Held] = OrderedDict()
         self._refreshing: set[asyncio.Task[None]] = set()
 
     def _usable(self, policy: DataClass | None) -> DataClass | None:
@@ -110,8 +141,32 @@ class CachedReads:
         self, domain: str, key: str, loader: DocumentLoader, *, token: int | None = None
     ) -> Answer:
         """The document of ``key``. ``token``: a write's Consistency-Token (its transaction
-        id); the answer then reflects that write, from the cache or read through."""
-        policy = self._usable(self.policies.of(domain))
+        id); the answer then reflects that write, from the cache or read through. While the
+        database is unavailable: the last value held (see the module's docstring)."""
+        declared = self.policies.of(domain)
+        # A read-your-writes read is never answered from before its write.
+        keeps = declared is not None and declared.swr_s > 0 and token is None
+        try:
+            answer = await self._read(domain, key, loader, declared, token)
+        except DatabaseUnavailable:
+            held = self._held_answer(domain, key) if keeps else None
+            if held is None:
+                raise
+            return held
+        if keeps and answer.tier not in ("l1", "stale"):  # those are in L1 already
+            assert declared is not None
+            self._hold(key, answer.body, answer.tag, time.time() + declared.ttl_s)
+        return answer
+
+    async def _read(
+        self,
+        domain: str,
+        key: str,
+        loader: DocumentLoader,
+        declared: DataClass | None,
+        token: int | None,
+    ) -> Answer:
+        policy = self._usable(declared)
         if policy is None:
             # Not cached, or changes could go unseen now: nobody downstream may keep it either.
             return await self._bypass(domain, loader, None)
@@ -138,6 +193,24 @@ class CachedReads:
                 return self._answer(domain, entry, "stale", policy)
         served = await self.tiers.fill(key, self._loader(domain, key, loader, policy))
         return self._answer(domain, served.entry, served.tier, policy)
+
+    def _hold(self, key: str, body: bytes, tag: str, expires_at: float) -> None:
+        self._held[key] = _Held(body, tag, expires_at)
+        self._held.move_to_end(key)
+        if len(self._held) > self._held_max:
+            self._held.popitem(last=False)
+
+    def _held_answer(self, domain: str, key: str) -> Answer | None:
+        """The value to serve for ``key`` while the database is away: L1's (even expired), or
+        the last one held; None when there is none recent enough."""
+        entry = self.tiers.l1.get(key, stale_ok=True)
+        held = self._held.get(key) if entry is None else _Held(entry.value, entry.tag,
+                                                               entry.expires_at)  # fmt: skip
+        if held is None or time.time() > held.expires_at + self._stale_if_error_s:
+            return None
+        metrics.count_read(domain, STALE_IF_ERROR)
+        # No policy: not for shared caches, which would keep it after the database is back.
+        return Answer(held.body, held.tag, STALE_IF_ERROR, None)
 
     def _answer(self, domain: str, entry: Entry, tier: str, policy: DataClass) -> Answer:
         metrics.count_read(domain, tier)

@@ -1,4 +1,10 @@
-"""The connection pool, transactions, and translation of driver errors at the boundary."""
+"""The connection pool, transactions, and translation of driver errors at the boundary.
+
+Every connection is taken through the pool's circuit breaker (``traffic.breaker``): after a
+run of connection-level failures it opens, and ``connection()`` then raises
+DatabaseUnavailable at once, without a connect attempt, until a probe gets through. A domain
+error (a unique violation, a CHECK) means the server answered and counts as a success.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import asyncpg
 
 from retailsync.config import ServerTarget
 from retailsync.errors import DatabaseUnavailable
+from retailsync.traffic.breaker import Breaker
 
 log = logging.getLogger(__name__)
 _CLOSE_TIMEOUT = 10.0
@@ -44,11 +51,14 @@ async def _init_connection(conn: Connection) -> None:
 class Database:
     """A pool of connections to one PostgreSQL database."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, breaker: Breaker | None = None) -> None:
+        """``breaker``: share one between the pools of one server (the app's and the
+        inventory engine's); by default the pool has one of its own."""
         self._pool = pool
+        self.breaker = Breaker("postgresql") if breaker is None else breaker
 
     @classmethod
-    async def connect(cls, target: ServerTarget) -> Database:
+    async def connect(cls, target: ServerTarget, *, breaker: Breaker | None = None) -> Database:
         try:
             pool = await asyncpg.create_pool(
                 target.dsn,
@@ -59,7 +69,7 @@ class Database:
             )
         except UNAVAILABLE_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
-        return cls(pool)
+        return cls(pool, breaker=breaker)
 
     async def close(self) -> None:
         """Close the pool once its connections are back; after 10 s, close them anyway (a
@@ -73,12 +83,30 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """A connection outside any explicit transaction (each statement commits alone)."""
+        breaker = self.breaker
+        if not breaker.allow():
+            raise DatabaseUnavailable(
+                f"PostgreSQL is unavailable (breaker open; next probe in "
+                f"{breaker.retry_after_s():.2f} s)"
+            )
         try:
             async with self._pool.acquire() as conn:
                 # The pool hands out a proxy that behaves as the connection it wraps.
                 yield conn  # type: ignore[misc]
         except UNAVAILABLE_ERRORS as exc:
+            breaker.failed()
             raise DatabaseUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
+        except DatabaseUnavailable:  # from a nested connection, which already counted it
+            breaker.released()
+            raise
+        except Exception:  # the server answered, if only to refuse
+            breaker.succeeded()
+            raise
+        except BaseException:  # cancelled: no verdict
+            breaker.released()
+            raise
+        else:
+            breaker.succeeded()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

@@ -12,7 +12,12 @@ seconds (1 s by default, the whole request) is logged and counted, and ``purge``
 consumer does not acknowledge the change and tries those keys again later (purging is
 idempotent, so retrying keys that were in fact purged costs nothing). A batch that fails
 ends the call: the keys of the batches after it are reported failed without being tried, so
-a dead Varnish costs one timeout per call, not one per batch.
+a dead Varnish costs one timeout per call, not one per batch. Across calls, a circuit breaker
+(``traffic.breaker``, dependency ``edge``) stops even that: after ``failures`` transport
+failures or timeouts in a row, calls fail at once (outcome ``open``) until a probe PURGE gets
+through. A refusal (an HTTP error status) is an answer: it does not count against the edge.
+
+These PURGEs are retailsync's only outgoing HTTP calls (there are no webhooks yet).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from prometheus_client import Counter, Histogram
 
+from retailsync.traffic.breaker import Breaker, BreakerPolicy
+
 log = logging.getLogger(__name__)
 
 MAX_KEYS_PER_REQUEST = 50
@@ -40,7 +47,8 @@ _SCHEMES = {"http": "http", "https": "https", "varnish": "http"}
 
 PURGES = Counter(
     "retailsync_edge_purges_total",
-    "PURGE requests sent to the edge cache, by outcome (ok, refused, error)",
+    "PURGE requests to the edge cache, by outcome (ok, refused, error; open: not sent, the "
+    "edge's breaker is open)",
     ["outcome"],
 )
 PURGE_SECONDS = Histogram(
@@ -107,6 +115,7 @@ class EdgePurger:
         *,
         timeout: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        breaker: BreakerPolicy | None = None,
     ) -> None:
         parts = urlsplit(url)
         scheme = _SCHEMES.get(parts.scheme)
@@ -115,6 +124,7 @@ class EdgePurger:
             raise ValueError(f"edge URL {url!r}: expected {known}host:port")
         self.url = urlunsplit((scheme, parts.netloc, parts.path or "/", "", ""))
         self._timeout = timeout
+        self.breaker = Breaker("edge", breaker or BreakerPolicy(failures=3, reset_s=2.0))
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             transport=transport,
@@ -141,6 +151,10 @@ class EdgePurger:
         return PurgeResult(purged, len(groups))
 
     async def _send(self, keys: list[str]) -> int:
+        if not self.breaker.allow():
+            PURGES.labels("open").inc()
+            wait = self.breaker.retry_after_s()
+            raise _Failure("open", f"edge breaker open; next probe in {wait:.2f} s")
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -150,9 +164,15 @@ class EdgePurger:
                         "PURGE", self.url, headers={"xkey-purge": " ".join(keys)}
                     )
             except TimeoutError:
+                self.breaker.failed()
                 raise _Failure("error", f"no answer within {self._timeout:g} s") from None
             except httpx.HTTPError as exc:
+                self.breaker.failed()
                 raise _Failure("error", f"{type(exc).__name__}: {exc}") from None
+            except BaseException:
+                self.breaker.released()
+                raise
+            self.breaker.succeeded()  # it answered, whatever it said
             if response.status_code != 200:
                 outcome = "refused"
                 raise _Failure("refused", f"HTTP {response.status_code} {response.text[:200]!r}")

@@ -18,6 +18,9 @@ Groups are durable pull consumers. The server's MaxDeliver is set one above
 ``max_deliveries``: that extra delivery only happens when a worker failed to ack the last
 allowed one within ack_wait, and ``fetch`` dead-letters it instead of handing it out, so
 crashes and nacks end the same way. Dead letters go to the stream ``NAME-dead``.
+
+Calls go through a circuit breaker (``traffic.breaker``, dependency ``nats``): after a run of
+calls the server did not answer, they raise EventLogUnavailable at once until a probe does.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from retailsync.eventlog.base import (
     check_consumer_args,
 )
 from retailsync.eventlog.nats_publish import Publisher
+from retailsync.traffic.breaker import Breaker
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +100,32 @@ class JetStreamConfig:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def _translated(breaker: Breaker) -> Iterator[None]:
+    """A call through the log's circuit breaker, with client errors mapped to the log's: at
+    once EventLogUnavailable while it is open; an unavailable server counts against it, a
+    refusal (EventLogError) does not."""
+    if not breaker.allow():
+        raise EventLogUnavailable(
+            f"NATS is unavailable (breaker open; next probe in {breaker.retry_after_s():.2f} s)"
+        )
+    try:
+        with _translating():
+            yield
+    except EventLogUnavailable:
+        breaker.failed()
+        raise
+    except Exception:
+        breaker.succeeded()
+        raise
+    except BaseException:  # cancelled: no verdict
+        breaker.released()
+        raise
+    else:
+        breaker.succeeded()
+
+
+@contextmanager
+def _translating() -> Iterator[None]:
     """Map client errors to the log's errors where they enter."""
     try:
         yield
@@ -160,13 +189,16 @@ class NatsEventLog:
         self._publisher = Publisher(
             config.server, connect_timeout=config.connect_timeout, ack_timeout=config.ack_timeout
         )
+        # Every call of the log and its consumers goes through it (see ``_translated``): while
+        # NATS is away they fail at once instead of each waiting out ack_timeout.
+        self.breaker = Breaker("nats")
 
     @classmethod
     async def connect(cls, config: JetStreamConfig) -> NatsEventLog:
         """Connect, and create or update the streams to match ``config``."""
         log = cls(await _connect(config), config)
         try:
-            with _translated():
+            with _translated(log.breaker):
                 await log._declare(
                     StreamConfig(
                         name=config.stream,
@@ -204,21 +236,22 @@ class NatsEventLog:
         """Publish every event, in order, and return once JetStream has stored them all (see
         ``nats_publish.py`` for why this path is not nats-py's)."""
         if events:
-            await self._publisher.publish(
-                [
-                    (
-                        f"{self._stream}.{_token(e.source)}.{_token(e.table)}.{_key_hash(e)}",
-                        e.id,
-                        encode_event(e),
-                    )
-                    for e in events
-                ]
-            )
+            with _translated(self.breaker):
+                await self._publisher.publish(
+                    [
+                        (
+                            f"{self._stream}.{_token(e.source)}.{_token(e.table)}.{_key_hash(e)}",
+                            e.id,
+                            encode_event(e),
+                        )
+                        for e in events
+                    ]
+                )
 
     async def read(self, after_offset: int = 0, limit: int = 100) -> list[LogRecord]:
         # One request per record: `read` is for tools and replays; groups use consumers.
         records: list[LogRecord] = []
-        with _translated():
+        with _translated(self.breaker):
             while len(records) < limit:
                 try:
                     msg = await self._js.get_msg(
@@ -231,12 +264,12 @@ class NatsEventLog:
         return records
 
     async def head(self) -> int:
-        with _translated():
+        with _translated(self.breaker):
             state = (await self._js.stream_info(self._stream)).state
         return int(state.last_seq)
 
     async def last_event_id(self, source: str) -> str | None:
-        with _translated():
+        with _translated(self.breaker):
             try:
                 msg = await self._js.get_last_msg(
                     self._stream, f"{self._stream}.{_token(source)}.>"
@@ -253,13 +286,13 @@ class NatsEventLog:
             ack_wait=ack_wait,
             max_deliver=max_deliveries + 1,
         )
-        with _translated():
+        with _translated(self.breaker):
             await self._js.add_consumer(self._stream, config)  # creates, or updates the limits
             subscription = await self._js.pull_subscribe_bind(durable=group, stream=self._stream)
         return NatsConsumer(self, group, subscription, max_deliveries, self._config.ack_timeout)
 
     async def lag(self, group: str) -> Lag:
-        with _translated():
+        with _translated(self.breaker):
             try:
                 info = await self._js.consumer_info(self._stream, group)
             except nats.js.errors.NotFoundError:  # a new group would start at the first event
@@ -277,14 +310,14 @@ class NatsEventLog:
         return Lag(behind, max(age, 0.0))
 
     async def groups(self) -> list[str]:
-        with _translated():
+        with _translated(self.breaker):
             consumers = await self._js.consumers_info(self._stream)
         return sorted(info.name for info in consumers if info.name)
 
     async def dead_letters(self, group: str, limit: int = 100) -> list[DeadLetter]:
         letters: list[DeadLetter] = []
         seq = 0
-        with _translated():
+        with _translated(self.breaker):
             while len(letters) < limit:
                 try:
                     msg = await self._js.get_msg(
@@ -346,7 +379,7 @@ class NatsConsumer:
     async def fetch(self, batch: int = 100, max_wait: float = 1.0) -> list[Delivery]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
-        with _translated():
+        with _translated(self._log.breaker):
             while (remaining := deadline - loop.time()) > 0:
                 try:  # a pull request the server holds open: no polling while idle
                     messages = await self._sub.fetch(batch, timeout=remaining)
@@ -377,7 +410,7 @@ class NatsConsumer:
         # Waits for the server to take the ack: one lost on the way (a reconnect) fails here
         # instead of turning into a silent redelivery. The server writes it to disk a moment
         # later, so only a server crash in that moment can still bring the event back.
-        with _translated(), suppress(nats.errors.MsgAlreadyAckdError):
+        with _translated(self._log.breaker), suppress(nats.errors.MsgAlreadyAckdError):
             await _message(delivery).ack_sync(timeout=self._ack_timeout)
 
     async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
@@ -385,7 +418,7 @@ class NatsConsumer:
 
     async def nack(self, delivery: Delivery, error: str) -> None:
         msg = _message(delivery)
-        with _translated(), suppress(nats.errors.MsgAlreadyAckdError):
+        with _translated(self._log.breaker), suppress(nats.errors.MsgAlreadyAckdError):
             if delivery.attempt < self._max_deliveries:
                 await msg.nak()
                 return

@@ -1,0 +1,135 @@
+"""The traffic gate: what every HTTP request passes before the application sees it.
+
+In order, cheapest first, so that an overload is refused for the least work:
+
+1. its criticality class, from the route table (operations routes pass untouched);
+2. the waiting room of a sale event, if one guards the path (a session kept waiting is not
+   load: it is answered before admission);
+3. admission under the adaptive concurrency limit: a refusal is a 503 with Retry-After,
+   written straight to the ASGI channel, with no database or Redis work;
+4. rate limits per API key and client address (429 with Retry-After);
+
+then the application, and, once it has answered, the admission ticket is given back with its
+latency, which is what moves the concurrency limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from starlette.types import Receive, Scope, Send
+
+from retailsync.api.problems import PROBLEM_TYPE_PREFIX
+from retailsync.traffic import metrics
+from retailsync.traffic.admission import Admission
+from retailsync.traffic.classes import RouteTable
+from retailsync.traffic.ratelimit import RateLimiter
+from retailsync.traffic.recorder import TrafficRecorder
+from retailsync.traffic.waiting_page import with_admission_headers
+from retailsync.traffic.waiting_room import WaitingRoom
+
+
+def _problem(status: int, slug: str, detail: str, retry_after_s: int, **extra: object) -> bytes:
+    return msgspec.json.encode(
+        {
+            "type": PROBLEM_TYPE_PREFIX + slug,
+            "title": slug.replace("-", " ").capitalize(),
+            "status": status,
+            "detail": detail,
+            "retry_after_s": retry_after_s,
+            **extra,
+        }
+    )
+
+
+async def _send_problem(send: Send, status: int, body: bytes, retry_after_s: int) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after_s).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class TrafficGate:
+    def __init__(
+        self,
+        routes: RouteTable,
+        admission: Admission | None,
+        *,
+        limiter: RateLimiter | None = None,
+        room: WaitingRoom | None = None,
+        recorder: TrafficRecorder | None = None,
+    ) -> None:
+        self.routes = routes
+        self.admission = admission
+        self.limiter = limiter
+        self.room = room
+        self.recorder = recorder
+        # Refusals are the same bytes every time: built once, so shedding costs no encoding.
+        self._shed_bodies = {
+            c.name: _problem(503, "overloaded", f"over capacity: {c.name} is shed", 1)
+            for c in routes.classes
+        }
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, app: Callable[..., Awaitable[None]]
+    ) -> None:
+        criticality = self.routes.classify(scope["method"], scope["path"])
+        if criticality is None:
+            await app(scope, receive, send)
+            return
+        if self.room is not None:  # before admission: a session kept waiting is not load
+            waiting = await self.room.gate(scope)
+            if waiting is not None:
+                await waiting(scope, receive, send)
+                return
+            send = with_admission_headers(scope, send)
+        ticket = None
+        if self.admission is not None:
+            ticket = await self.admission.admit(criticality)
+            if ticket is None:
+                if self.recorder is not None:
+                    self.recorder.count(criticality.name, shed=True)
+                await _send_problem(send, 503, self._shed_bodies[criticality.name], 1)
+                return
+        if self.recorder is not None:
+            self.recorder.count(criticality.name)
+        try:
+            if self.limiter is None or not await self._rate_limited(scope, send):
+                await app(scope, receive, send)
+        finally:
+            if ticket is not None and self.admission is not None:
+                self.admission.done(ticket)
+
+    async def _rate_limited(self, scope: Scope, send: Send) -> bool:
+        assert self.limiter is not None
+        api_key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                api_key = value
+                break
+        client = scope.get("client")
+        refused = await self.limiter.check(api_key=api_key, address=client[0] if client else None)
+        if refused is None:
+            return False
+        body = _problem(
+            429, "rate-limited", f"over the {refused.scope} limit {refused.limit}",
+            refused.retry_after_s, limit=refused.limit, scope=refused.scope,
+        )  # fmt: skip
+        await _send_problem(send, 429, body, refused.retry_after_s)
+        return True
+
+    async def publish(self) -> None:
+        """Set the gauges (a chore, every second: per request they would cost more)."""
+        if self.admission is not None:
+            metrics.CONCURRENCY_LIMIT.set(self.admission.limit.limit)
+            metrics.IN_FLIGHT.set(self.admission.inflight)
