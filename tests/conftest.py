@@ -37,6 +37,17 @@ def _with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """RETAILSYNC_TEST_ONLY_PG=1: keep only the tests that use the PostgreSQL under test (a
+    second pass on another server version need not repeat the pure tests, nor those that
+    start servers of their own)."""
+    if os.environ.get("RETAILSYNC_TEST_ONLY_PG") != "1":
+        return
+    kept = [item for item in items if "pg_admin_dsn" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A DSN with rights to create databases, on the server under test."""

@@ -351,14 +351,6 @@ class TestLadder:
 # --- Redis ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
 class TestRedis:
     """L2's breaker: opens when Redis dies, costs nothing while open, closes when it is back;
     checkout never needs Redis."""

@@ -11,8 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -70,14 +69,6 @@ async def prefix() -> AsyncIterator[str]:
     async for key in client.scan_iter(match=f"{name}:*"):
         await client.delete(key)
     await client.aclose()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 @contextlib.asynccontextmanager

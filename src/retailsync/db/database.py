@@ -90,23 +90,13 @@ class Database:
                 f"{breaker.retry_after_s():.2f} s)"
             )
         try:
-            async with self._pool.acquire() as conn:
-                # The pool hands out a proxy that behaves as the connection it wraps.
-                yield conn  # type: ignore[misc]
+            # A DatabaseUnavailable from a nested connection was judged there already.
+            with breaker.judge(UNAVAILABLE_ERRORS, neutral=DatabaseUnavailable):
+                async with self._pool.acquire() as conn:
+                    # The pool hands out a proxy that behaves as the connection it wraps.
+                    yield conn  # type: ignore[misc]
         except UNAVAILABLE_ERRORS as exc:
-            breaker.failed()
             raise DatabaseUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
-        except DatabaseUnavailable:  # from a nested connection, which already counted it
-            breaker.released()
-            raise
-        except Exception:  # the server answered, if only to refuse
-            breaker.succeeded()
-            raise
-        except BaseException:  # cancelled: no verdict
-            breaker.released()
-            raise
-        else:
-            breaker.succeeded()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

@@ -108,20 +108,8 @@ def _translated(breaker: Breaker) -> Iterator[None]:
         raise EventLogUnavailable(
             f"NATS is unavailable (breaker open; next probe in {breaker.retry_after_s():.2f} s)"
         )
-    try:
-        with _translating():
-            yield
-    except EventLogUnavailable:
-        breaker.failed()
-        raise
-    except Exception:
-        breaker.succeeded()
-        raise
-    except BaseException:  # cancelled: no verdict
-        breaker.released()
-        raise
-    else:
-        breaker.succeeded()
+    with breaker.judge(EventLogUnavailable), _translating():
+        yield
 
 
 @contextmanager

@@ -5,19 +5,9 @@ client of that dependency (``Database``, ``L2Cache``, ``EdgePurger``, ``NatsEven
 
     if not breaker.allow():           # open: fail at once, no connect attempt
         raise DatabaseUnavailable(...)
-    try:
-        ...                           # the call
-    except CONNECTION_ERRORS:
-        breaker.failed()              # only connection-level failures count
-        raise
-    except Exception:
-        breaker.succeeded()           # the server answered, even if it said no
-        raise
-    except BaseException:
-        breaker.released()            # cancelled: no verdict, give a probe slot back
-        raise
-    else:
-        breaker.succeeded()
+    with breaker.judge(CONNECTION_ERRORS):
+        ...                           # the call: only connection-level failures count; any
+                                      # other exception is an answer; cancelled: no verdict
 
 Policy (``BreakerPolicy``). Closed: ``failures`` *consecutive* connection-level failures open
 it (a success resets the count). We count consecutive failures rather than a failure ratio
@@ -58,7 +48,8 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
@@ -201,6 +192,33 @@ class Breaker:
         """A call ended with no verdict (cancelled): its probe slot, if any, is free again."""
         if self._state is State.HALF_OPEN and self._probing > 0:
             self._probing -= 1
+
+    @contextmanager
+    def judge(
+        self,
+        failures: type[BaseException] | tuple[type[BaseException], ...],
+        *,
+        neutral: type[BaseException] | tuple[type[BaseException], ...] = (),
+    ) -> Iterator[None]:
+        """Give the verdict on the call in the block: ``failures`` count against the
+        dependency, ``neutral`` (already judged elsewhere) and cancellation say nothing, any
+        other outcome means it answered."""
+        try:
+            yield
+        except failures:
+            self.failed()
+            raise
+        except neutral:
+            self.released()
+            raise
+        except Exception:
+            self.succeeded()
+            raise
+        except BaseException:
+            self.released()
+            raise
+        else:
+            self.succeeded()
 
     def _enter(self, state: State) -> None:
         previous, self._state = self._state, state
