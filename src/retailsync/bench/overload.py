@@ -1,9 +1,9 @@
 """``retailsync bench overload``: `retailsync serve` offered 1x, 3x and 10x its measured
 capacity in a browse-heavy mix, with traffic management on and off, in the same run.
 
-The mix: browse (a page of the catalog from the database) 55%, product (a cached product
-GET) 30%, cart (set a line of an open cart) 10%, checkout (place an order from a cart with
-its line, holding the stock) 5%. Capacity is what the server answers, all of the mix, with
+The mix: browse (a page of the catalog from the database) 60%, product (a cached product
+GET) 30%, cart (set a line of an open cart) 8%, checkout (place an order from a cart with
+its line, holding the stock) 2%. Capacity is what the server answers, all of the mix, with
 management off under a closed loop of enough clients to keep both workers busy. Each level
 is an open-model run (constant arrivals; latency from the intended send time).
 """
@@ -44,7 +44,7 @@ class OverloadPlan:
 
 QUICK = OverloadPlan(products=1000, capacity_seconds=3, level_seconds=4)
 FULL = OverloadPlan(products=5000, capacity_seconds=8, level_seconds=10)
-MIX = (("browse", 55), ("product", 30), ("cart", 10), ("checkout", 5))
+MIX = (("browse", 60), ("product", 30), ("cart", 8), ("checkout", 2))
 _REGION = "eu"
 
 
@@ -159,7 +159,9 @@ async def _mode(
 
     label = "on" if managed else "off"
     expected = sum(int(capacity or 2000) * level * plan.level_seconds for level in plan.levels)
-    checkout_carts = await _carts(db, skus, int(expected * 0.05 * 1.3) + 200, f"co-{label}")
+    checkout_carts = await _carts(
+        db, skus, int(expected * dict(MIX)["checkout"] / 100 * 1.3) + 200, f"co-{label}"
+    )
     edit_carts = await _carts(db, skus, 200, f"ed-{label}")
     mix = Mix(secret, skus, checkout_carts, edit_carts)
     env = {

@@ -5,13 +5,16 @@ measured, gradient style (after Netflix's concurrency-limits "Gradient2" and TCP
 every answered request gives a latency sample; each class keeps a smoothed latency and its
 minimum over the last windows (the latency with no queueing), and the limit moves by
 
-    gradient = clamp(tolerance * minimum / smoothed, 0.5, 1)
+    gradient = clamp(max(tolerance * minimum, slack) / smoothed, 0.5, 1)
     limit    = (1 - smoothing) * limit + smoothing * (limit * gradient + sqrt(limit))
 
 so it grows by about sqrt(limit) while latency stays near its minimum and shrinks, at most
 by half, as latency rises: it finds the concurrency past which requests only queue. Latency
 is compared within a class (a cached product read and a checkout differ a hundredfold), and
-a limit that is not being used (fewer than half of it in flight) is not grown.
+a limit that is not being used (fewer than half of it in flight) is not grown. ``slack`` (20
+ms) is latency no one minds: on a busy worker a request that took 0.3 ms idle takes 3 ms
+because the loop is shared, not because the limit is too high, and shrinking the limit for
+that only sheds requests that would have been served.
 
 Each class may use up to its ``trigger`` share of the limit (see classes.py), so the lower
 classes are shed first and can never take what is kept for the higher ones; and while a
@@ -69,9 +72,10 @@ class AdaptiveLimit:
         self,
         *,
         initial: float = 100.0,
-        minimum: float = 8.0,
+        minimum: float = 16.0,
         maximum: float = 1000.0,
         tolerance: float = 2.0,
+        slack_s: float = 0.020,
         smoothing: float = 0.1,
         window_s: float = 10.0,
     ) -> None:
@@ -79,6 +83,7 @@ class AdaptiveLimit:
         self.minimum = minimum
         self.maximum = maximum
         self.tolerance = tolerance
+        self.slack_s = slack_s
         self.smoothing = smoothing
         self.window_s = window_s
         self._latency: dict[int, _Latency] = collections.defaultdict(_Latency)
@@ -93,7 +98,8 @@ class AdaptiveLimit:
         latency.add(seconds)
         if latency.smoothed <= 0.0:
             return
-        gradient = min(1.0, max(0.5, self.tolerance * latency.minimum / latency.smoothed))
+        acceptable = max(self.tolerance * latency.minimum, self.slack_s)
+        gradient = min(1.0, max(0.5, acceptable / latency.smoothed))
         if gradient == 1.0 and inflight < self.limit / 2:
             return  # not limited by the limit: nothing learnt about it
         target = self.limit * gradient + math.sqrt(self.limit)
