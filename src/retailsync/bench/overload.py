@@ -85,14 +85,20 @@ class Mix:
         self.categories = ["electronics", "home", "fashion", "sports", "toys", "grocery"]
         self.line = msgspec.json.encode({"quantity": 2})
 
+    def checkout(self) -> bytes | None:
+        """A checkout of the next cart (None: out of carts, never a repeated checkout)."""
+        cart = next(self.checkout_carts, None)
+        if cart is None:
+            return None
+        return post("/v1/orders", msgspec.json.encode({"cart_id": cart}), self.auth)
+
     def __call__(self) -> tuple[str, bytes]:
         name = self.rng.choice(self.names)
         if name == "checkout":
-            cart = next(self.checkout_carts, None)
-            if cart is not None:
-                body = msgspec.json.encode({"cart_id": cart})
-                return name, post("/v1/orders", body, self.auth)
-            name = "cart"  # out of carts: never expected, and never a repeated checkout
+            checkout = self.checkout()
+            if checkout is not None:
+                return name, checkout
+            name = "cart"  # out of carts: never expected
         if name == "cart":
             sku = self.rng.choice(self.skus)
             path = f"/v1/carts/{next(self.edit_carts)}/lines/{sku}"
@@ -118,13 +124,20 @@ async def _prepare(db: Database, plan: OverloadPlan) -> tuple[str, list[str]]:
     return secret, [sku_for(index) for index in range(1, plan.products + 1)]
 
 
-async def _capacity(port: int, mix: Mix, plan: OverloadPlan) -> float:
+async def _capacity(port: int, mix: Mix, plan: OverloadPlan) -> tuple[float, float]:
+    """Requests/s of the mix, and checkouts/s alone (what checkout could have at most)."""
     await closed_loop("127.0.0.1", port, clients=16, seconds=1.5, request=lambda: mix()[1])
     result = await closed_loop(
         "127.0.0.1", port, clients=plan.capacity_clients, seconds=plan.capacity_seconds,
         request=lambda: mix()[1],
     )  # fmt: skip
-    return len(result.latencies) / result.seconds
+    checkouts = await closed_loop(
+        "127.0.0.1", port, clients=16, seconds=plan.capacity_seconds / 2,
+        request=lambda: mix.checkout() or get("/healthz", {}),  # out of carts: not counted
+    )  # fmt: skip
+    return len(result.latencies) / result.seconds, checkouts.statuses.get(
+        201, 0
+    ) / checkouts.seconds
 
 
 async def _decision_us() -> dict[str, float]:
@@ -154,14 +167,15 @@ async def _decision_us() -> dict[str, float]:
 async def _mode(
     dsn: str, db: Database, plan: OverloadPlan, secret: str, skus: list[str], *,
     managed: bool, capacity: float | None, progress: Progress,
-) -> tuple[float, dict[str, Any]]:  # fmt: skip
+) -> tuple[float, float | None, dict[str, Any]]:  # fmt: skip
     from retailsync.demo.server import ApiServer
 
     label = "on" if managed else "off"
     expected = sum(int(capacity or 2000) * level * plan.level_seconds for level in plan.levels)
-    checkout_carts = await _carts(
-        db, skus, int(expected * dict(MIX)["checkout"] / 100 * 1.3) + 200, f"co-{label}"
-    )
+    checkouts = expected * dict(MIX)["checkout"] / 100 * 1.3 + 200
+    if capacity is None:
+        checkouts += plan.capacity_seconds * 1000  # the checkout-only closed loop
+    checkout_carts = await _carts(db, skus, int(checkouts), f"co-{label}")
     edit_carts = await _carts(db, skus, 200, f"ed-{label}")
     mix = Mix(secret, skus, checkout_carts, edit_carts)
     env = {
@@ -169,12 +183,15 @@ async def _mode(
         "RETAILSYNC_TRAFFIC_MANAGEMENT": "true" if managed else "false",
     }
     levels: dict[str, Any] = {}
+    checkout_capacity = None
     with ApiServer(dsn, workers=plan.workers, env=env) as server:
         await server.wait_ready()
         if capacity is None:
             progress(f"capacity: closed loop, {plan.capacity_clients} clients, management off")
-            capacity = await _capacity(server.port, mix, plan)
-            progress(f"capacity {capacity:,.0f} requests/s")
+            capacity, checkout_capacity = await _capacity(server.port, mix, plan)
+            progress(
+                f"capacity {capacity:,.0f} requests/s; checkouts alone {checkout_capacity:,.0f}/s"
+            )
         else:
             await closed_loop("127.0.0.1", server.port, clients=16, seconds=1.5,
                               request=lambda: mix()[1])  # fmt: skip
@@ -187,7 +204,7 @@ async def _mode(
             )  # fmt: skip
             levels[f"{level:g}x"] = _level_report(result, plan.level_seconds)
             await asyncio.sleep(plan.pause_s)
-    return capacity, levels
+    return capacity, checkout_capacity, levels
 
 
 def _level_report(result: Any, seconds: float) -> dict[str, Any]:
@@ -213,10 +230,10 @@ async def run_overload_bench(plan: OverloadPlan, progress: Progress) -> dict[str
     async with private_database(progress, pool_max=16) as (dsn, db):
         progress(f"seeding {plan.products:,} products")
         secret, skus = await _prepare(db, plan)
-        capacity, off = await _mode(
+        capacity, checkout_capacity, off = await _mode(
             dsn, db, plan, secret, skus, managed=False, capacity=None, progress=progress
         )
-        _, on = await _mode(
+        _, _, on = await _mode(
             dsn, db, plan, secret, skus, managed=True, capacity=capacity, progress=progress
         )
     levels = {level: {"on": on[level], "off": off[level]} for level in on}
@@ -224,6 +241,7 @@ async def run_overload_bench(plan: OverloadPlan, progress: Progress) -> dict[str
         "plan": asdict(plan),
         "mix": dict(MIX),
         "capacity_rps": round(capacity),
+        "checkout_capacity_rps": round(checkout_capacity or 0),
         "admission_decision_us": decision,
         "admission_decision_p99_us": decision["p99"],
         "levels": levels,

@@ -195,7 +195,8 @@ def print_cache(report: dict[str, Any], console: Console) -> None:
 
 def print_overload(report: dict[str, Any], console: Console) -> None:
     console.print(
-        f"capacity (closed loop, management off): {report['capacity_rps']:,} requests/s; "
+        f"capacity (closed loop, management off): {report['capacity_rps']:,} requests/s of "
+        f"the mix {report['mix']}, {report['checkout_capacity_rps']:,} checkouts/s alone; "
         f"admission decision p99 {report['admission_decision_p99_us']} us"
     )
     for level, modes in report["levels"].items():

@@ -77,6 +77,7 @@ DEFAULT_ROUTES = (
     RouteSpec(r"^/v1/changes", "analytics"),
 )
 FALLBACK_CLASS = "browse"
+_SEEN_MAX = 50_000  # remembered answers of classify, then forgotten all at once
 # Never managed: a load balancer's health check and the metrics scrape must get through an
 # overload, and the admin API is how an operator acts on it.
 EXEMPT = re.compile(r"^/(healthz|metrics)$|^/v1/admin(/|$)")
@@ -130,9 +131,22 @@ class RouteTable:
             except re.error as exc:
                 raise ValueError(f"route {route.path!r}: {exc}") from exc
             self._rules.append((method, pattern, by_name[route.cls]))
+        self._seen: dict[tuple[str, str], Criticality | None] = {}
 
     def classify(self, method: str, path: str) -> Criticality | None:
-        """The request's class, or None for an operations route (never managed)."""
+        """The request's class, or None for an operations route (never managed). Answers
+        are remembered: the same few thousand pages are asked for again and again."""
+        key = (method, path)
+        try:
+            return self._seen[key]
+        except KeyError:
+            pass
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        found = self._seen[key] = self._classify(method, path)
+        return found
+
+    def _classify(self, method: str, path: str) -> Criticality | None:
         if EXEMPT.match(path):
             return None
         for rule_method, pattern, criticality in self._rules:
