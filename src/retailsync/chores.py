@@ -1,8 +1,9 @@
-"""Background chores: a job run every few seconds until cancelled."""
+"""Background chores: a job run every few seconds until cancelled, and the wait they use."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,3 +23,16 @@ async def every(seconds: float, what: str, job: Callable[[], Awaitable[object]])
             log.warning("%s: %s", what, exc)
         except Exception:
             log.exception("%s failed", what)
+
+
+async def wait_set(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` have passed; whether it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it loses a cancellation that arrives as the
+    event is set (cpython issue 86296), and a loop waiting this way then never stops: the
+    close that cancelled it waits for ever. ``asyncio.timeout`` passes every cancellation on.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(seconds, 0.0)):
+            await event.wait()
+    return event.is_set()

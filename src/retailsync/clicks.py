@@ -20,6 +20,7 @@ from datetime import datetime
 
 from prometheus_client import Counter
 
+from retailsync.chores import wait_set
 from retailsync.db.database import Database
 from retailsync.errors import DatabaseUnavailable
 
@@ -115,8 +116,7 @@ class ClickBuffer:
 
     async def _flusher(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self._interval)
+            await wait_set(self._full, self._interval)
             self._full.clear()
             try:
                 await self.flush()

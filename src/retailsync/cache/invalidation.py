@@ -26,6 +26,7 @@ from collections.abc import Callable
 from retailsync.cache import metrics
 from retailsync.cache.keys import affected_keys
 from retailsync.cache.l1 import L1Cache
+from retailsync.chores import wait_set
 from retailsync.db.database import Database
 from retailsync.eventlog.base import EventLog, LogRecord
 
@@ -111,8 +112,7 @@ class Invalidator:
             if remaining <= 0 or not self.live:
                 return False
             progress = self._progress
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.wait(), remaining)
+            await wait_set(progress, remaining)
         return True
 
     def apply(self, records: list[LogRecord]) -> None:
@@ -160,8 +160,7 @@ class Invalidator:
                     else:
                         # NOTIFY wakes us at once; the timeout covers a lost listening
                         # connection (a database restart) within the freshness bound.
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(waiter.wait(), _WAKEUP_TIMEOUT)
+                        await wait_set(waiter, _WAKEUP_TIMEOUT)
             except Exception as exc:  # whatever it was, the caches must stop trusting events
                 if self._tailing:
                     log.warning("cache invalidation: tailing the log failed (%r); reading through",

@@ -160,7 +160,8 @@ class Snapshotter:
             await self._watermark(LOW, chunk)
             window.rows = await self._select(name, key, last_key)
             await self._watermark(HIGH, chunk)
-            await asyncio.wait_for(window.delivered.wait(), _CHUNK_TIMEOUT)
+            async with asyncio.timeout(_CHUNK_TIMEOUT):  # not wait_for: see chores.wait_set
+                await window.delivered.wait()
         except TimeoutError:
             log.warning("snapshot chunk of %s not delivered in time; reading it again", name)
             return

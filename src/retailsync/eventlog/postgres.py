@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from retailsync.cdc.events import ChangeEvent, decode_event, encode_event
+from retailsync.chores import wait_set
 from retailsync.db.database import Connection, Database
 from retailsync.errors import DatabaseUnavailable
 from retailsync.eventlog.base import (
@@ -331,8 +332,7 @@ class PostgresConsumer:
             # Correctness never rests on the notification: every wake-up queries again.
             if next_expiry is not None:
                 remaining = min(remaining, max(next_expiry, 0.01))
-            with suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), remaining)
+            await wait_set(wakeup, remaining)
 
     async def _take(self, batch: int) -> tuple[list[Delivery], float | None]:
         """Lease up to ``batch`` due events: expired leases first, then new events. Also

@@ -183,13 +183,20 @@ class Admission:
         waiters = self._state[criticality.rank].waiters
         waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), criticality.queue_s)
+            async with asyncio.timeout(criticality.queue_s):  # not wait_for: chores.wait_set
+                await asyncio.shield(waiter)
             return True
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return True  # handed a slot as the wait ran out: keep it
             waiter.cancel()
             return False
+        except asyncio.CancelledError:  # the client went away while it waited
+            if waiter.done() and not waiter.cancelled():
+                self.inflight -= 1  # the slot it was handed goes to the next in line
+                self._hand_over()
+            waiter.cancel()
+            raise
         finally:
             if waiter in waiters:
                 waiters.remove(waiter)

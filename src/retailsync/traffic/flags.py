@@ -36,6 +36,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Gauge
 
+from retailsync.chores import wait_set
 from retailsync.db.database import Connection, Database
 from retailsync.errors import DatabaseUnavailable, NotFound
 from retailsync.models import Entity
@@ -235,8 +236,7 @@ class FlagStore:
 
     async def _refresh(self) -> None:
         while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._interval)
+            await wait_set(self._changed, self._interval)
             self._changed.clear()  # before reading: a change committed meanwhile wakes us again
             try:
                 if not self.listening:
