@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 
 from retailsync.traffic.gate import TrafficGate
-from tests.support import Api
+from tests.support import ADMIN, Api
 
 
 def gate_of(api: Api) -> TrafficGate:
@@ -81,3 +81,15 @@ async def test_metrics_show_admissions_by_class(api: Api) -> None:
         await api.call("GET", "/v1/products")
     page = (await api.call("GET", "/metrics")).text
     assert 'retailsync_admission_requests_total{criticality="browse",outcome="shed"}' in page
+
+
+async def test_the_admission_flag_is_a_kill_switch_without_restart(api: Api) -> None:
+    with busy(api):
+        assert (await api.call("GET", "/v1/products")).status_code == 503
+        off = {"enabled": False, "rollout_percent": 100}
+        put = await api.call("PUT", "/v1/admin/flags/traffic.admission", json=off, as_=ADMIN)
+        assert put.status_code in (200, 201)  # the admin API is never itself shed
+        assert (await api.call("GET", "/v1/products")).status_code == 200  # every one let in
+        gone = await api.call("DELETE", "/v1/admin/flags/traffic.admission", as_=ADMIN)
+        assert gone.status_code == 200
+        assert (await api.call("GET", "/v1/products")).status_code == 503  # no flag: on

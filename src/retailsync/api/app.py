@@ -178,7 +178,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         await app.state.flags.start()
         stack.push_async_callback(app.state.flags.close)
         # Last, so that no request is admitted before everything it needs is open.
-        app.state.traffic = await stack.enter_async_context(open_traffic(settings, database))
+        app.state.traffic = await stack.enter_async_context(
+            open_traffic(settings, database, app.state.flags)
+        )
 
     app = RetailsyncApi(
         title="retailsync",

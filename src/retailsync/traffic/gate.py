@@ -24,10 +24,13 @@ from retailsync.api.problems import PROBLEM_TYPE_PREFIX
 from retailsync.traffic import metrics
 from retailsync.traffic.admission import Admission
 from retailsync.traffic.classes import RouteTable
+from retailsync.traffic.flags import FlagStore
 from retailsync.traffic.ratelimit import RateLimiter
 from retailsync.traffic.recorder import TrafficRecorder
 from retailsync.traffic.waiting_page import with_admission_headers
 from retailsync.traffic.waiting_room import WaitingRoom
+
+ADMISSION_FLAG = "traffic.admission"
 
 
 def _problem(status: int, slug: str, detail: str, retry_after_s: int, **extra: object) -> bytes:
@@ -68,12 +71,14 @@ class TrafficGate:
         limiter: RateLimiter | None = None,
         room: WaitingRoom | None = None,
         recorder: TrafficRecorder | None = None,
+        flags: FlagStore | None = None,
     ) -> None:
         self.routes = routes
         self.admission = admission
         self.limiter = limiter
         self.room = room
         self.recorder = recorder
+        self.flags = flags
         # Refusals are the same bytes every time: built once, so shedding costs no encoding.
         self._shed_bodies = {
             c.name: _problem(503, "overloaded", f"over capacity: {c.name} is shed", 1)
@@ -94,8 +99,11 @@ class TrafficGate:
                 return
             send = with_admission_headers(scope, send)
         ticket = None
-        if self.admission is not None:
-            ticket = await self.admission.admit(criticality)
+        admission = self.admission
+        if admission is not None and not self._admitting():
+            admission = None
+        if admission is not None:
+            ticket = await admission.admit(criticality)
             if ticket is None:
                 if self.recorder is not None:
                     self.recorder.count(criticality.name, shed=True)
@@ -107,8 +115,13 @@ class TrafficGate:
             if self.limiter is None or not await self._rate_limited(scope, send):
                 await app(scope, receive, send)
         finally:
-            if ticket is not None and self.admission is not None:
-                self.admission.done(ticket)
+            if ticket is not None and admission is not None:
+                admission.done(ticket)
+
+    def _admitting(self) -> bool:
+        """Admission's kill switch: the flag ``traffic.admission`` set off (through the admin
+        API, on every worker within a second) lets every request in; no flag: on."""
+        return self.flags is None or self.flags.enabled(ADMISSION_FLAG, default=True)
 
     async def _rate_limited(self, scope: Scope, send: Send) -> bool:
         assert self.limiter is not None

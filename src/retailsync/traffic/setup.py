@@ -11,6 +11,7 @@ from retailsync.config import Settings
 from retailsync.db.database import Database
 from retailsync.traffic.admission import AdaptiveLimit, Admission
 from retailsync.traffic.classes import load_route_table
+from retailsync.traffic.flags import FlagStore
 from retailsync.traffic.gate import TrafficGate
 from retailsync.traffic.ratelimit import RateLimiter
 from retailsync.traffic.recorder import TrafficRecorder
@@ -20,9 +21,12 @@ _PUBLISH_INTERVAL = 1.0
 
 
 @contextlib.asynccontextmanager
-async def open_traffic(settings: Settings, db: Database) -> AsyncIterator[TrafficGate]:
-    """Admission (unless RETAILSYNC_TRAFFIC_MANAGEMENT is off), the rate limits and waiting
-    rooms the settings name, and the per-minute traffic counts the capacity forecast reads."""
+async def open_traffic(
+    settings: Settings, db: Database, flags: FlagStore | None = None
+) -> AsyncIterator[TrafficGate]:
+    """Admission (unless RETAILSYNC_TRAFFIC_MANAGEMENT is off, or the flag
+    ``traffic.admission`` is), the rate limits and waiting rooms the settings name, and the
+    per-minute traffic counts the capacity forecast reads."""
     routes = load_route_table(settings.traffic_classes, settings.traffic_routes)
     admission = Admission(routes.classes, AdaptiveLimit()) if settings.traffic_management else None
     async with contextlib.AsyncExitStack() as stack:
@@ -35,7 +39,9 @@ async def open_traffic(settings: Settings, db: Database) -> AsyncIterator[Traffi
         recorder = TrafficRecorder(db)
         recorder.start()
         stack.push_async_callback(recorder.close)
-        gate = TrafficGate(routes, admission, limiter=limiter, room=room, recorder=recorder)
+        gate = TrafficGate(
+            routes, admission, limiter=limiter, room=room, recorder=recorder, flags=flags
+        )
         publisher = asyncio.create_task(every(_PUBLISH_INTERVAL, "admission gauges", gate.publish))
         try:
             yield gate
