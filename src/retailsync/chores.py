@@ -36,3 +36,17 @@ async def wait_set(event: asyncio.Event, seconds: float) -> bool:
         async with asyncio.timeout(max(seconds, 0.0)):
             await event.wait()
     return event.is_set()
+
+
+async def stop_all(tasks: list[asyncio.Task[None]], what: str) -> None:
+    """Cancel ``tasks`` and wait for each; one that had failed is logged, and the rest still
+    stop (a chore cut off mid-query on a dying connection must not keep the others up)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.warning("%s failed while stopping", what, exc_info=True)

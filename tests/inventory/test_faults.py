@@ -205,6 +205,19 @@ async def post_hold(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -
     return await client.post("/v1/reservations", json=body, headers={"Idempotency-Key": key})
 
 
+async def post_hold_when_up(
+    client: httpx.AsyncClient, key: str, body: dict[str, Any]
+) -> httpx.Response:
+    """As a client does after an outage: a 503 is tried again after its Retry-After (the
+    database's breaker may still be open a moment after the restart), for up to 10 s."""
+    for _ in range(10):
+        response = await post_hold(client, key, body)
+        if response.status_code != 503:
+            break
+        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+    return response
+
+
 async def shopper_over_http(
     n: int, base_url: str, secret: str, ledger: Ledger, stop: asyncio.Event | None = None
 ) -> None:
@@ -619,7 +632,7 @@ async def test_postgresql_restart_under_hold_load(
             acked_in_load = len(ledger.acked)
             replays = 0
             for key in sorted(ledger.unavailable):
-                response = await post_hold(client, key, ledger.bodies[key])
+                response = await post_hold_when_up(client, key, ledger.bodies[key])
                 replayed = response.headers.get("idempotent-replayed") == "true"
                 if key in before:
                     assert (response.status_code, replayed) == (201, True), (key, response.text)

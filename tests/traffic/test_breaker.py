@@ -33,6 +33,7 @@ from retailsync.services.keys import create_key
 from retailsync.traffic.breaker import Breaker, BreakerPolicy, State
 from tests.cache.conftest import RedisServer
 from tests.eventlog.conftest import NatsServer, make_events
+from tests.inventory.test_faults import _server_major
 from tests.support import WEB, Api
 
 POLICY = BreakerPolicy(failures=3, reset_s=0.5, probes=1)
@@ -168,14 +169,6 @@ class TestRules:
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
-
-
-async def _server_major(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SHOW server_version_num")) // 10000
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from retailsync.api.routes import (
 )
 from retailsync.cache.keys import category_key
 from retailsync.cache.setup import open_caches
-from retailsync.chores import every
+from retailsync.chores import every, stop_all
 from retailsync.clicks import ClickBuffer
 from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.conflicts.reconcile import reconcile_queued
@@ -77,18 +77,6 @@ async def _purge_categories(purger: EdgePurger | None, categories: set[str]) -> 
         await purger.purge(category_key(category) for category in categories)
     except ValueError as exc:  # a category too long for a surrogate key: its TTL bounds it
         log.warning("category pages not purged: %s", exc)
-
-
-async def _stop_chores(chores: list[asyncio.Task[None]]) -> None:
-    for chore in chores:
-        chore.cancel()
-    for chore in chores:
-        try:
-            await chore
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # one failed chore must not stop the rest shutting down
-            log.exception("a background job had failed")
 
 
 def target_of(settings: Settings) -> ServerTarget:
@@ -172,7 +160,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
                 )
             ),
         ]
-        stack.push_async_callback(_stop_chores, chores)
+        stack.push_async_callback(stop_all, chores, "a background job")
         # Feature flags: each worker holds them all, reloaded on NOTIFY (traffic/flags.py).
         app.state.flags = FlagStore(database)
         await app.state.flags.start()

@@ -24,6 +24,7 @@ from retailsync.cdc.events import ChangeEvent
 from retailsync.cdc.replication import ReplicationStream
 from retailsync.cdc.tables import SETTING as TABLES_SETTING
 from retailsync.cdc.tables import CapturedTable
+from retailsync.chores import stop_all
 from retailsync.db.database import Database
 from retailsync.errors import DatabaseUnavailable
 from retailsync.eventlog.base import EventLogUnavailable, Lag
@@ -131,15 +132,7 @@ class Capture:
                 else:
                     backoff = _BACKOFF_MIN
         finally:
-            for chore in chores:
-                chore.cancel()
-            for chore in chores:
-                try:
-                    await chore
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # a chore cut off mid-query on a dying connection
-                    log.warning("a capture chore failed while stopping", exc_info=True)
+            await stop_all(chores, "a capture chore")
 
     async def _stream(self) -> None:
         last = await self._sink.last_event_id(self._config.source)

@@ -96,6 +96,9 @@ class Database:
                     # The pool hands out a proxy that behaves as the connection it wraps.
                     yield conn  # type: ignore[misc]
         except UNAVAILABLE_ERRORS as exc:
+            # The others were most likely cut by the same restart: replace every idle one now,
+            # or each would fail once in turn (and trip the breaker after the server is back).
+            await self._pool.expire_connections()
             raise DatabaseUnavailable(f"lost the PostgreSQL connection: {exc}") from exc
 
     @asynccontextmanager
