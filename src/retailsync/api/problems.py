@@ -51,21 +51,29 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than {limit} bytes")
 
 
-def problem(
-    status: int, slug: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    REJECTIONS.labels(slug).inc()
-    if status == 503 and not any(name.lower() == "retry-after" for name in headers or ()):
-        headers = {**(headers or {}), "Retry-After": "1"}  # unavailable: say when to retry
-    body = {
+def problem_body(status: int, slug: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """The document itself (RFC 9457 members and ``extra``), for callers that send it
+    without a Response object (the traffic gate, which prebuilds its refusals)."""
+    return {
         "type": PROBLEM_TYPE_PREFIX + slug,
         "title": slug.replace("-", " ").capitalize(),
         "status": status,
         "detail": detail,
         **extra,
     }
+
+
+def problem(
+    status: int, slug: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    REJECTIONS.labels(slug).inc()
+    if status == 503 and not any(name.lower() == "retry-after" for name in headers or ()):
+        headers = {**(headers or {}), "Retry-After": "1"}  # unavailable: say when to retry
     return JSONResponse(
-        body, status_code=status, headers=headers, media_type="application/problem+json"
+        problem_body(status, slug, detail, **extra),
+        status_code=status,
+        headers=headers,
+        media_type="application/problem+json",
     )
 
 

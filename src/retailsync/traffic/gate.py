@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from retailsync.api.problems import PROBLEM_TYPE_PREFIX
+from retailsync.api.problems import problem_body
 from retailsync.traffic import metrics
 from retailsync.traffic.admission import Admission
 from retailsync.traffic.classes import RouteTable
@@ -34,16 +34,8 @@ ADMISSION_FLAG = "traffic.admission"
 
 
 def _problem(status: int, slug: str, detail: str, retry_after_s: int, **extra: object) -> bytes:
-    return msgspec.json.encode(
-        {
-            "type": PROBLEM_TYPE_PREFIX + slug,
-            "title": slug.replace("-", " ").capitalize(),
-            "status": status,
-            "detail": detail,
-            "retry_after_s": retry_after_s,
-            **extra,
-        }
-    )
+    body = problem_body(status, slug, detail, retry_after_s=retry_after_s, **extra)
+    return msgspec.json.encode(body)
 
 
 async def _send_problem(send: Send, status: int, body: bytes, retry_after_s: int) -> None:

@@ -58,22 +58,24 @@ def poll_after_s(view: QueueView) -> int:
 
 
 def waiting_response(view: QueueView, *, html_page: bool, extra: RawHeaders) -> Response:
-    retry = poll_after_s(view)
-    headers = {"Retry-After": str(retry), "Cache-Control": "no-store"}
-    if html_page:
-        response: Response = HTMLResponse(_page(view, refresh_s=retry), 202, headers)
-    else:
-        response = JSONResponse(asdict(view), 202, headers)
-    response.raw_headers.extend(extra)
-    return response
+    return _queue_response(view, 202, poll_after_s(view), html_page=html_page, extra=extra)
 
 
 def sold_out_response(view: QueueView, *, html_page: bool, extra: RawHeaders) -> Response:
+    return _queue_response(view, 410, None, html_page=html_page, extra=extra)
+
+
+def _queue_response(
+    view: QueueView, status: int, retry_s: int | None, *, html_page: bool, extra: RawHeaders
+) -> Response:
+    """The page (refreshing itself after ``retry_s``, if any) or the JSON of ``view``."""
     headers = {"Cache-Control": "no-store"}
+    if retry_s is not None:
+        headers["Retry-After"] = str(retry_s)
     if html_page:
-        response: Response = HTMLResponse(_page(view, refresh_s=None), 410, headers)
+        response: Response = HTMLResponse(_page(view, refresh_s=retry_s), status, headers)
     else:
-        response = JSONResponse(asdict(view), 410, headers)
+        response = JSONResponse(asdict(view), status, headers)
     response.raw_headers.extend(extra)
     return response
 
