@@ -126,7 +126,6 @@ async def _prepare(db: Database, plan: OverloadPlan) -> tuple[str, list[str]]:
 
 async def _capacity(port: int, mix: Mix, plan: OverloadPlan) -> tuple[float, float]:
     """Requests/s of the mix, and checkouts/s alone (what checkout could have at most)."""
-    await closed_loop("127.0.0.1", port, clients=16, seconds=1.5, request=lambda: mix()[1])
     result = await closed_loop(
         "127.0.0.1", port, clients=plan.capacity_clients, seconds=plan.capacity_seconds,
         request=lambda: mix()[1],
@@ -186,15 +185,15 @@ async def _mode(
     checkout_capacity = None
     with ApiServer(dsn, workers=plan.workers, env=env) as server:
         await server.wait_ready()
+        # Warm: every worker's caches, pools and code paths, before anything is measured.
+        await closed_loop("127.0.0.1", server.port, clients=16, seconds=1.5,
+                          request=lambda: mix()[1])  # fmt: skip
         if capacity is None:
             progress(f"capacity: closed loop, {plan.capacity_clients} clients, management off")
             capacity, checkout_capacity = await _capacity(server.port, mix, plan)
             progress(
                 f"capacity {capacity:,.0f} requests/s; checkouts alone {checkout_capacity:,.0f}/s"
             )
-        else:
-            await closed_loop("127.0.0.1", server.port, clients=16, seconds=1.5,
-                              request=lambda: mix()[1])  # fmt: skip
         for level in plan.levels:
             rate = capacity * level
             progress(f"management {label}: {level:g}x = {rate:,.0f} requests/s offered")
