@@ -89,10 +89,15 @@ class TestServe:
             _add_location(client)
             for _ in range(20):
                 assert client.get("/v1/locations").status_code == 200
-            metrics = client.get("/metrics").text
+            # Each worker adds its counts to the shared page within a second (observe/tally).
             prefix = 'retailsync_http_requests_total{method="GET",route="/v1/locations"'
-            line = next(line for line in metrics.splitlines() if line.startswith(prefix))
-            assert float(line.rsplit(" ", 1)[1]) == 20.0
+
+            def counted() -> float:
+                page = client.get("/metrics").text
+                line = next(line for line in page.splitlines() if line.startswith(prefix))
+                return float(line.rsplit(" ", 1)[1])
+
+            assert wait_for(lambda: counted() == 20.0, timeout=3.0)
             assert client.get("/openapi.json").status_code == 200
 
 

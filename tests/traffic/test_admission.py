@@ -132,7 +132,7 @@ class TestThresholds:
 
     def test_lower_classes_are_shed_for_a_second_after_a_higher_one_was(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
-        admission._state[CART.rank].last_shed = time.monotonic()
+        admission.note_shed(CART.rank, time.monotonic())
         now = time.monotonic()
         assert admission.try_admit(CHECKOUT, now)
         assert not admission.try_admit(BROWSE, now)
@@ -277,7 +277,7 @@ def test_random_histories_keep_the_class_order(steps: list[tuple[int, float, boo
             held.append(Ticket(rank, now))
         elif criticality.queue_s > 0:  # as admit() records it, after the wait
             last_shed[rank] = now
-            admission._state[rank].last_shed = now
+            admission.note_shed(rank, now)
         if answer_one and held:
             admission.inflight -= 1
             held.pop(0)

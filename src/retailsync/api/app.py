@@ -50,6 +50,7 @@ from retailsync.errors import ConfigError
 from retailsync.eventlog.factory import open_event_log
 from retailsync.inventory.engine import InventoryEngine
 from retailsync.inventory.model import Hold
+from retailsync.observe import tally
 from retailsync.observe.metrics import HttpMetrics, exposition
 from retailsync.process import follow_parent
 from retailsync.services.idempotency import forget_expired
@@ -159,7 +160,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
                     partial(reconcile_queued, database, app.state.appliers),
                 )
             ),
+            asyncio.create_task(every(tally.FLUSH_INTERVAL_S, "metrics flush", _flush_tallies)),
         ]
+        stack.callback(tally.flush)  # after the chores stop: the last counts too
         stack.push_async_callback(stop_all, chores, "a background job")
         # Feature flags: each worker holds them all, reloaded on NOTIFY (traffic/flags.py).
         app.state.flags = FlagStore(database)
@@ -169,6 +172,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         app.state.traffic = await stack.enter_async_context(
             open_traffic(settings, database, app.state.flags)
         )
+        if isinstance(app, RetailsyncApi):
+            app.open_fast_path(app.state.reads, app.state.keys, app.state.traffic)
+            stack.callback(app.close_fast_path)  # first out: nothing answered from closed parts
 
     app = RetailsyncApi(
         title="retailsync",
@@ -203,6 +209,10 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HttpMetrics)
     return app
+
+
+async def _flush_tallies() -> None:
+    tally.flush()
 
 
 def app_from_environment() -> FastAPI:

@@ -40,72 +40,85 @@ class RetailsyncApi(FastAPI):
     """The application, with cached GETs answered before the framework's middleware stack
     (each layer of which costs a coroutine and a wrapped ``send`` per request)."""
 
+    # What the fast path needs, set by ``open_fast_path`` once the worker is open: plain
+    # attributes, not ``state`` (whose every lookup is a Python-level ``__getattr__``).
+    _gate: TrafficGate | None = None
+    _cache: tuple[CachedReads, KeyVerifier] | None = None
+
+    def open_fast_path(self, reads: CachedReads, keys: KeyVerifier, gate: TrafficGate) -> None:
+        self._cache, self._gate = (reads, keys), gate
+
+    def close_fast_path(self) -> None:
+        self._cache = self._gate = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gate: TrafficGate | None = getattr(self.state, "traffic", None)
+        gate = self._gate
         if gate is not None and scope["type"] == "http":
             await gate(scope, receive, send, self._serve)
         else:
             await self._serve(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        cache = self._cache
+        if cache is not None and scope["type"] == "http" and scope["method"] == "GET":
             started = time.perf_counter()
-            answered = await self._answer_from_cache(scope, send)
+            answered = await _answer_from_cache(scope, send, *cache)
             if answered is not None:
                 observe_request(answered[0], "GET", started, answered[1])
                 return
         await super().__call__(scope, receive, send)
 
-    async def _answer_from_cache(self, scope: Scope, send: Send) -> tuple[str, int] | None:
-        """(route template, status) when answered; None: on to the framework."""
-        match = _CACHED.fullmatch(scope["path"])
-        if match is None or scope["query_string"]:
-            return None
-        secret = held = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                if secret is not None:  # two: the framework decides
-                    return None
-                secret = value
-            elif name == b"if-none-match":
-                held = value.decode("latin-1").strip()
-            elif name == b"consistency-token":
+
+async def _answer_from_cache(
+    scope: Scope, send: Send, reads: CachedReads, keys: KeyVerifier
+) -> tuple[str, int] | None:
+    """(route template, status) when answered; None: on to the framework."""
+    match = _CACHED.fullmatch(scope["path"])
+    if match is None or scope["query_string"]:
+        return None
+    authorization = held = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if authorization is not None:  # two: the framework decides
                 return None
-        if secret is None or secret[:7].lower() != b"bearer " or not hasattr(self.state, "reads"):
+            authorization = value
+        elif name == b"if-none-match":
+            held = value.decode("latin-1").strip()
+        elif name == b"consistency-token":
             return None
-        keys: KeyVerifier = self.state.keys
-        principal = keys.cached(secret[7:].decode("latin-1").strip(), raw=secret)
-        if principal is None or AccessScope.READ not in CHANNEL_SCOPES[principal.channel]:
-            return None
-        resource, sku = match.groups()
-        domain, key_of = _DOMAINS[resource]
-        key = key_of(sku)
-        reads: CachedReads = self.state.reads
-        answer = reads.hit(domain, key)
-        if answer is None:
-            return None
-        headers = _encoded_headers(answer, key)
-        if held is not None and held.removeprefix("W/") == answer.tag.removeprefix("W/"):
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return _ROUTES[resource], 304
-        headers.append((b"content-type", b"application/json"))
-        headers.append((b"content-length", str(len(answer.body)).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
-        return _ROUTES[resource], 200
+    principal = None if authorization is None else keys.from_header(authorization)
+    if principal is None or AccessScope.READ not in CHANNEL_SCOPES[principal.channel]:
+        return None
+    resource, sku = match.groups()
+    domain, key_of = _DOMAINS[resource]
+    key = key_of(sku)
+    answer = reads.hit(domain, key)
+    if answer is None:
+        return None
+    headers = _encoded_headers(answer, key)
+    if held is not None and held.removeprefix("W/") == answer.tag.removeprefix("W/"):
+        await send({"type": "http.response.start", "status": 304, "headers": headers[0]})
+        await send({"type": "http.response.body", "body": b""})
+        return _ROUTES[resource], 304
+    await send({"type": "http.response.start", "status": 200, "headers": headers[1]})
+    await send({"type": "http.response.body", "body": answer.body})
+    return _ROUTES[resource], 200
 
 
-# Per document key, the headers of its version last answered, as uvicorn takes them.
-_HEADERS: dict[str, tuple[str, str, list[tuple[bytes, bytes]]]] = {}
+RawHeaders = list[tuple[bytes, bytes]]
+# Per document key, the headers of its version last answered, as uvicorn takes them: for a
+# 304, and for a 200 (with the body's type and length). Shared lists: nothing appends to them.
+_HEADERS: dict[str, tuple[str, str, tuple[RawHeaders, RawHeaders]]] = {}
 
 
-def _encoded_headers(answer: Answer, key: str) -> list[tuple[bytes, bytes]]:
+def _encoded_headers(answer: Answer, key: str) -> tuple[RawHeaders, RawHeaders]:
     held = _HEADERS.get(key)
     if held is not None and held[0] == answer.tag and held[1] == answer.tier:
-        return list(held[2])  # a copy: the caller appends to it
+        return held[2]
     if len(_HEADERS) > 100_000:  # one per cached document, bounded like L1
         _HEADERS.clear()
     encoded = [(k.lower().encode(), v.encode()) for k, v in cached_headers(answer, [key]).items()]
-    _HEADERS[key] = (answer.tag, answer.tier, encoded)
-    return list(encoded)
+    length = str(len(answer.body)).encode()
+    full = [*encoded, (b"content-type", b"application/json"), (b"content-length", length)]
+    _HEADERS[key] = (answer.tag, answer.tier, (encoded, full))
+    return encoded, full

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _HEAD_END = b"\r\n\r\n"
+_LENGTH = b"\r\ncontent-length:"
 
 
 class HttpConnection:
@@ -32,11 +33,10 @@ class HttpConnection:
         self._writer.write(raw)
         head = await self._reader.readuntil(_HEAD_END)
         status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
+        # One search, not a loop over the header lines: the generator's cost per answer
+        # then does not grow with the number of headers the server sends.
+        at = head.lower().find(_LENGTH)
+        length = int(head[at + len(_LENGTH) : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
         body = await self._reader.readexactly(length) if length else b""
         return status, body
 
@@ -64,6 +64,13 @@ class ClosedLoopResult:
     seconds: float
     latencies: list[float] = field(default_factory=list)  # of answers with a 2xx status
     statuses: dict[int, int] = field(default_factory=dict)
+
+    def add(self, other: ClosedLoopResult) -> None:
+        """Take in another run's answers (rounds of one measurement)."""
+        self.seconds += other.seconds
+        self.latencies += other.latencies
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
 
 
 async def closed_loop(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from retailsync.observe import tally
+
 READS = Counter(
     "retailsync_cache_reads_total",
     "Cached reads by domain and where they were answered (l1, l2, load, stale, bypass)",
@@ -27,12 +29,12 @@ REFUSED_PUTS = Counter(
     ["domain"],
 )
 
-_READ_SERIES: dict[tuple[str, str], Counter] = {}
+_READ_SERIES: dict[tuple[str, str], tally.CounterTally] = {}
 
 
 def count_read(domain: str, tier: str) -> None:
-    """READS, with the labelled series looked up once (domains and tiers are few)."""
+    """READS, with the labelled series looked up once (domains and tiers are few), tallied."""
     series = _READ_SERIES.get((domain, tier))
     if series is None:
-        series = _READ_SERIES[(domain, tier)] = READS.labels(domain, tier)
+        series = _READ_SERIES[(domain, tier)] = tally.counter(READS.labels(domain, tier))
     series.inc()

@@ -17,6 +17,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retailsync.models import Order
+from retailsync.observe import tally
 
 HTTP_REQUESTS = Counter(
     "retailsync_http_requests_total",
@@ -62,6 +63,7 @@ def record_order(channel: str, order: Order) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """The metrics page, aggregated over worker processes when there are several."""
+    tally.flush()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -96,17 +98,17 @@ class HttpMetrics:
             observe_request(route, scope["method"], started, status)
 
 
-_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[tally.CounterTally, tally.HistogramTally]] = {}
 
 
 def observe_request(route: str, method: str, started: float, status: int = 200) -> None:
-    """Count and time one answered request. The labelled series are looked up once: a
-    ``labels()`` call costs more than the cached GET it would count."""
+    """Count and time one answered request. The labelled series are looked up once (a
+    ``labels()`` call costs more than the cached GET it would count) and tallied."""
     series = _REQUEST_SERIES.get((route, method, status))
     if series is None:
         series = (
-            HTTP_REQUESTS.labels(route, method, str(status)),
-            HTTP_LATENCY.labels(route),
+            tally.counter(HTTP_REQUESTS.labels(route, method, str(status))),
+            tally.histogram(HTTP_LATENCY.labels(route)),
         )
         if len(_REQUEST_SERIES) < 10_000:  # templates x methods x statuses: bounded anyway
             _REQUEST_SERIES[(route, method, status)] = series

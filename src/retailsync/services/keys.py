@@ -74,19 +74,27 @@ class KeyVerifier:
         self._cache: dict[bytes, tuple[float, Principal]] = {}
         self._by_header: dict[bytes, tuple[float, Principal]] = {}
 
-    def cached(self, secret: str, *, raw: bytes | None = None) -> Principal | None:
-        """The principal of a key verified less than ``ttl`` ago, without a lookup; else None.
-        ``raw``: the Authorization header as received, remembered until the same expiry so a
-        hot path skips hashing it again."""
-        now = time.monotonic()
-        if raw is not None:
-            seen = self._by_header.get(raw)
-            if seen is not None and seen[0] > now:
-                return seen[1]
+    def cached(self, secret: str) -> Principal | None:
+        """The principal of a key verified less than ``ttl`` ago, without a lookup; else None."""
         hit = self._cache.get(digest(secret))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1]
+
+    def from_header(self, raw: bytes) -> Principal | None:
+        """``cached`` for an Authorization header as received (``Bearer <secret>``): the
+        header itself is remembered until the same expiry, so a hot path skips parsing and
+        hashing it again."""
+        now = time.monotonic()
+        seen = self._by_header.get(raw)
+        if seen is not None and seen[0] > now:
+            return seen[1]
+        if raw[:7].lower() != b"bearer ":
+            return None
+        hit = self._cache.get(digest(raw[7:].decode("latin-1").strip()))
         if hit is None or hit[0] <= now:
             return None
-        if raw is not None and len(raw) <= 100:  # padded variants of one key: not remembered
+        if len(raw) <= 100:  # padded variants of one key: not remembered
             if len(self._by_header) > 10_000:
                 self._by_header.clear()
             self._by_header[raw] = hit

@@ -38,6 +38,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from retailsync.observe import tally
 from retailsync.traffic import metrics
 from retailsync.traffic.classes import Criticality
 
@@ -131,8 +132,13 @@ class Admission:
         self.limit = limit
         self.inflight = 0
         self._state = [_ClassState() for _ in classes]
+        self._latest_shed = -math.inf  # the last ``note_shed`` of any class
+        self._waiting = 0  # requests in ``_wait``, of every class
         self._counters = [
-            {outcome: metrics.ADMISSIONS.labels(c.name, outcome) for outcome in metrics.OUTCOMES}
+            {
+                outcome: tally.counter(metrics.ADMISSIONS.labels(c.name, outcome))
+                for outcome in metrics.OUTCOMES
+            }
             for c in classes
         ]
 
@@ -174,7 +180,7 @@ class Admission:
                 counters["admitted"].inc()
                 return Ticket(criticality.rank, now)  # its latency includes the wait
         if criticality.queue_s > 0:  # refused even after waiting: the classes below yield
-            self._state[criticality.rank].last_shed = time.monotonic()
+            self.note_shed(criticality.rank, time.monotonic())
         counters["shed"].inc()
         return None
 
@@ -182,6 +188,7 @@ class Admission:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._state[criticality.rank].waiters
         waiters.append(waiter)
+        self._waiting += 1
         try:
             async with asyncio.timeout(criticality.queue_s):  # not wait_for: chores.wait_set
                 await asyncio.shield(waiter)
@@ -198,6 +205,7 @@ class Admission:
             waiter.cancel()
             raise
         finally:
+            self._waiting -= 1
             if waiter in waiters:
                 waiters.remove(waiter)
 
@@ -209,6 +217,8 @@ class Admission:
 
     def _hand_over(self) -> None:
         """Give free slots to waiting requests, the most critical class first."""
+        if self._waiting == 0:
+            return
         since = time.monotonic() - _HIGHER_SHED_HOLD_S
         for criticality, state in zip(self.classes, self._state, strict=True):
             if state.waiters and self._higher_shed_since(criticality.rank, since):
@@ -219,7 +229,14 @@ class Admission:
                     self.inflight += 1
                     waiter.set_result(None)
 
+    def note_shed(self, rank: int, at: float) -> None:
+        """A class that waits for slots shed a request (only those record their sheds: for
+        the others the thresholds keep the order)."""
+        self._state[rank].last_shed = at
+        self._latest_shed = max(self._latest_shed, at)
+
     def _higher_shed_since(self, rank: int, since: float) -> bool:
-        """Whether a more critical class shed a request after ``since`` (only classes that
-        wait for a slot record their sheds: for the others the thresholds keep the order)."""
+        """Whether a more critical class shed a request after ``since``."""
+        if self._latest_shed <= since:  # nobody did: the usual answer, without the loop
+            return False
         return any(state.last_shed > since for state in self._state[:rank])
