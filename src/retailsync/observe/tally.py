@@ -12,6 +12,7 @@ second of counts.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Histogram
 
@@ -69,23 +70,24 @@ class HistogramTally:
 
 
 _TALLIES: dict[int, CounterTally | HistogramTally] = {}
+_T = TypeVar("_T", CounterTally, HistogramTally)
 
 
 def counter(series: Counter) -> CounterTally:
     """The tally of a labelled counter series (one per series, however often asked)."""
-    tally = _TALLIES.get(id(series))
-    if tally is None:
-        tally = _TALLIES[id(series)] = CounterTally(series)
-    assert isinstance(tally, CounterTally)
-    return tally
+    return _tally_of(series, CounterTally)
 
 
 def histogram(series: Histogram) -> HistogramTally:
     """The tally of a labelled histogram series."""
+    return _tally_of(series, HistogramTally)
+
+
+def _tally_of(series: Any, kind: type[_T]) -> _T:
     tally = _TALLIES.get(id(series))
     if tally is None:
-        tally = _TALLIES[id(series)] = HistogramTally(series)
-    assert isinstance(tally, HistogramTally)
+        tally = _TALLIES[id(series)] = kind(series)
+    assert isinstance(tally, kind)
     return tally
 
 
