@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from retailsync.eventlog import Consumer, Delivery, EventLog
+from retailsync.db.database import Database
+from retailsync.eventlog import Consumer, Delivery, EventLog, EventLogError
 from tests.eventlog.conftest import ids, make_events
 
 
@@ -21,6 +22,12 @@ async def take(consumer: Consumer, count: int, *, max_wait: float = 3.0) -> list
             await consumer.ack(delivery)
         got += batch
     return got
+
+
+async def _ack_then_fail(db: Database, worker: Consumer, deliveries: list[Delivery]) -> None:
+    async with db.transaction() as conn:
+        await worker.ack_in(conn, deliveries)
+        raise RuntimeError("the caller's work failed")
 
 
 async def nothing_due(consumer: Consumer) -> bool:
@@ -89,6 +96,32 @@ class TestConsumerGroups:
         rest = await take(worker, 6 - len(first))
         assert ids(first + rest) == [e.id for e in events]
         await asyncio.sleep(0.7)  # past ack_wait: nothing acked comes back
+        assert await nothing_due(worker)
+        await worker.close()
+
+    async def test_acks_inside_a_transaction_commit_or_roll_back_with_it(
+        self, log: EventLog, db: Database
+    ) -> None:
+        events = make_events(3)
+        await log.append(events)
+        worker = await log.consumer("in-tx", ack_wait=0.5, max_deliveries=5)
+        got = await worker.fetch(3, max_wait=3.0)
+        if not worker.acks_in(db):  # JetStream: its own progress, never the database's
+            with pytest.raises(EventLogError):
+                async with db.transaction() as conn:
+                    await worker.ack_in(conn, got)
+            await worker.close()
+            return
+        with pytest.raises(RuntimeError):
+            await _ack_then_fail(db, worker, got)
+        await asyncio.sleep(0.7)  # past ack_wait: the rolled-back acks never were
+        again = await take(worker, 3)
+        assert ids(again) == [e.id for e in events]
+        await log.append(make_events(1, first=50))
+        (later,) = await worker.fetch(1, max_wait=3.0)
+        async with db.transaction() as conn:
+            await worker.ack_in(conn, [later])
+        await asyncio.sleep(0.7)
         assert await nothing_due(worker)
         await worker.close()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
 
@@ -24,6 +24,9 @@ from retailsync.cdc.events import ChangeEvent
 # Re-exported: the errors live in the package's tree, callers of the log find them here.
 from retailsync.errors import EventLogError as EventLogError
 from retailsync.errors import EventLogUnavailable as EventLogUnavailable
+
+if TYPE_CHECKING:
+    from retailsync.db.database import Connection, Database
 
 # Group names become JetStream consumer names and a PostgreSQL key; this is what both accept.
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -86,6 +89,17 @@ class Consumer(Protocol):
     async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
         """``ack`` for each, in one round trip where the backend can (a batch applied in one
         transaction is acknowledged at once, not one commit per event)."""
+        ...
+
+    def acks_in(self, db: Database) -> bool:
+        """Whether the group's progress is kept in ``db``, so that ``ack_in`` can acknowledge
+        inside a transaction of it (the PostgreSQL log in the application's database)."""
+        ...
+
+    async def ack_in(self, conn: Connection, deliveries: Sequence[Delivery]) -> None:
+        """``ack_all`` inside the caller's transaction on ``conn`` (only where ``acks_in``):
+        the acks commit or roll back with the caller's work, so a batch applied is never
+        delivered again, and it costs no commit of its own."""
         ...
 
     async def nack(self, delivery: Delivery, error: str) -> None:

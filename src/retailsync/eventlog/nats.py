@@ -50,6 +50,7 @@ from nats.js.api import (
 )
 
 from retailsync.cdc.events import ChangeEvent, decode_event, encode_event
+from retailsync.db.database import Connection, Database
 from retailsync.eventlog.base import (
     DeadLetter,
     Delivery,
@@ -403,6 +404,12 @@ class NatsConsumer:
 
     async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
         await asyncio.gather(*(self.ack(delivery) for delivery in deliveries))
+
+    def acks_in(self, db: Database) -> bool:
+        return False  # JetStream keeps the group's progress itself
+
+    async def ack_in(self, conn: Connection, deliveries: Sequence[Delivery]) -> None:
+        raise EventLogError("JetStream acks cannot join a PostgreSQL transaction")
 
     async def nack(self, delivery: Delivery, error: str) -> None:
         msg = _message(delivery)

@@ -365,11 +365,17 @@ class PostgresConsumer:
         if not deliveries:
             return
         async with self._log._transaction() as conn:
-            await conn.execute(
-                "DELETE FROM event_log_deliveries WHERE group_name = $1 AND seq = ANY($2)",
-                self._group,
-                [delivery.offset for delivery in deliveries],
-            )
+            await self.ack_in(conn, deliveries)
+
+    def acks_in(self, db: Database) -> bool:
+        return db is self._log._db
+
+    async def ack_in(self, conn: Connection, deliveries: Sequence[Delivery]) -> None:
+        await conn.execute(
+            "DELETE FROM event_log_deliveries WHERE group_name = $1 AND seq = ANY($2)",
+            self._group,
+            [delivery.offset for delivery in deliveries],
+        )
 
     async def nack(self, delivery: Delivery, error: str) -> None:
         # Matching on the attempt keeps a stale worker from cutting short the lease of the

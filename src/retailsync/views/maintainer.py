@@ -1,10 +1,12 @@
 """The view consumer: the event log's group "views" applied to the view tables.
 
 Each delivery batch is applied in one database transaction, its events in source order
-(commit LSN, then position in the transaction), and acknowledged only after that transaction
-committed. A worker that dies in between leaves its deliveries to be delivered again once
-their lease (``ack_wait``) runs out; the version rule (see ``views.apply``) makes the second
-application a no-op. Any number of workers, in any processes, may run the group at once.
+(commit LSN, then position in the transaction). With the PostgreSQL log in the same database
+the acknowledgement is part of that transaction: applied and acknowledged commit together.
+Otherwise (JetStream) it follows the commit, and a worker that dies in between leaves its
+deliveries to be delivered again once their lease (``ack_wait``) runs out; the version rule
+(see ``views.apply``) makes the second application a no-op. Any number of workers, in any
+processes, may run the group at once.
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ class ViewMaintainer:
     async def handle(self, consumer: Consumer, deliveries: Sequence[Delivery]) -> None:
         """Apply one batch in one transaction, then acknowledge it; a batch that fails is
         handed back (nack) for another try."""
+        acked_within = consumer.acks_in(self._db)
         try:
-            outcome = await self._apply(deliveries)
+            outcome = await self._apply(deliveries, consumer if acked_within else None)
         except (DatabaseUnavailable, EventLogUnavailable):
             raise
         except Exception as exc:
@@ -101,14 +104,19 @@ class ViewMaintainer:
                 metrics.EVENTS.labels(name).inc(count)
         if outcome.categories and self._on_changed is not None:
             await self._on_changed(outcome.categories)
-        await consumer.ack_all(deliveries)
+        if not acked_within:
+            await consumer.ack_all(deliveries)
 
-    async def _apply(self, deliveries: Sequence[Delivery]) -> Outcome:
+    async def _apply(self, deliveries: Sequence[Delivery], acking: Consumer | None) -> Outcome:
+        """``acking``: the consumer whose acks join the transaction (see the module's doc)."""
         events = [delivery.event for delivery in deliveries]
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 async with self._db.transaction() as conn:
-                    return await apply_events(conn, events)
+                    outcome = await apply_events(conn, events)
+                    if acking is not None:
+                        await acking.ack_in(conn, deliveries)
+                    return outcome
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise
