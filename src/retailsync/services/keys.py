@@ -76,10 +76,13 @@ class KeyVerifier:
 
     def cached(self, secret: str) -> Principal | None:
         """The principal of a key verified less than ``ttl`` ago, without a lookup; else None."""
+        hit = self._fresh(secret, time.monotonic())
+        return None if hit is None else hit[1]
+
+    def _fresh(self, secret: str, now: float) -> tuple[float, Principal] | None:
+        """The cached (expiry, principal) of ``secret``, if not expired at ``now``."""
         hit = self._cache.get(digest(secret))
-        if hit is None or hit[0] <= time.monotonic():
-            return None
-        return hit[1]
+        return None if hit is None or hit[0] <= now else hit
 
     def from_header(self, raw: bytes) -> Principal | None:
         """``cached`` for an Authorization header as received (``Bearer <secret>``): the
@@ -91,8 +94,8 @@ class KeyVerifier:
             return seen[1]
         if raw[:7].lower() != b"bearer ":
             return None
-        hit = self._cache.get(digest(raw[7:].decode("latin-1").strip()))
-        if hit is None or hit[0] <= now:
+        hit = self._fresh(raw[7:].decode("latin-1").strip(), now)
+        if hit is None:
             return None
         if len(raw) <= 100:  # padded variants of one key: not remembered
             if len(self._by_header) > 10_000:

@@ -81,8 +81,9 @@ class ViewMaintainer:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
     async def handle(self, consumer: Consumer, deliveries: Sequence[Delivery]) -> None:
-        """Apply one batch in one transaction, then acknowledge it; a batch that fails is
-        handed back (nack) for another try."""
+        """Apply one batch in one transaction and acknowledge it (in that transaction where
+        the log allows, else after it); a batch that fails is handed back (nack) for another
+        try."""
         acked_within = consumer.acks_in(self._db)
         try:
             outcome = await self._apply(deliveries, consumer if acked_within else None)
