@@ -8,9 +8,8 @@ import sys
 from typing import Any
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
 
-from retailsync.api.serving import listening_socket
+from retailsync.api.serving import SocketPerWorker
 
 _BODY = b'{"hello":"world"}'
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"17")]
@@ -35,7 +34,7 @@ def main() -> None:
         "retailsync.bench.hello:app", host="127.0.0.1", port=port, workers=workers,
         log_level="warning",
     )  # fmt: skip
-    Multiprocess(config, sockets=[listening_socket("127.0.0.1", port)]).run()
+    SocketPerWorker(config, "127.0.0.1", port).run()
 
 
 if __name__ == "__main__":
