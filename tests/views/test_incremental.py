@@ -15,7 +15,7 @@ from retailsync.cdc.tables import own_tables
 from retailsync.db.database import Database
 from retailsync.eventlog.base import Delivery
 from retailsync.eventlog.postgres import PostgresEventLog
-from retailsync.views import GROUP, ViewMaintainer
+from retailsync.views import GROUP, ViewMaintainer, ensure_built
 from tests.cdc.test_capture import capturing
 from tests.views.harness import World, caught_up, dump_views, maintaining, oracle, rebuilt
 
@@ -121,6 +121,9 @@ class TestLag:
     async def test_lag_has_observations(self, cdc_db: Database, cdc_dsn: str) -> None:
         world = World(cdc_db, random.Random(5))
         await world.setup()
+        # Built before the writes, so their events change the views (a build after them
+        # would leave every event a no-op).
+        await ensure_built(cdc_db)
         before = sample("retailsync_view_lag_seconds_count")
         applied = sample("retailsync_view_events_total", outcome="applied")
         async with (
@@ -132,3 +135,44 @@ class TestLag:
         assert sample("retailsync_view_lag_seconds_count") >= before + 10
         assert sample("retailsync_view_lag_seconds_sum") > 0
         assert sample("retailsync_view_events_total", outcome="applied") > applied
+
+
+class TestRowsNoServiceWrites:
+    """Deletes (no service makes one) and an update that leaves the attributes in TOAST (the
+    event then lacks them): the views still equal a rebuild."""
+
+    async def test_deletes_and_unchanged_toast(self, cdc_db: Database, cdc_dsn: str) -> None:
+        world = World(cdc_db, random.Random(13))
+        await world.setup()
+        # Random text does not compress, so the attributes are stored out of line (in an
+        # object: not a facet value).
+        blob = "".join(random.Random(1).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=9000))
+        async with capturing(cdc_db, cdc_dsn, own_tables()) as log:
+            async with maintaining(cdc_db, log, batch=3):
+                await world.run(20)
+                await cdc_db.execute(
+                    "INSERT INTO products (sku, title, category, attributes) "
+                    "VALUES ('BIG', 'Big one', 'a/b', $1), ('GONE', 'Gone soon', 'e/f', $2)",
+                    {"notes": {"blob": blob}, "color": "red"},
+                    {"color": "blue", "size": 2},
+                )
+                await cdc_db.execute(
+                    "INSERT INTO locations (id, region, kind) VALUES ('L9', 'eu', 'store')"
+                )
+                await caught_up(log, cdc_db)
+                await cdc_db.execute("UPDATE products SET title = 'Big two' WHERE sku = 'BIG'")
+                await cdc_db.execute("DELETE FROM products WHERE sku = 'GONE'")
+                await cdc_db.execute("UPDATE locations SET region = 'us' WHERE id = 'L9'")
+                await cdc_db.execute("DELETE FROM locations WHERE id = 'L9'")
+                await world.run(10)
+                await caught_up(log, cdc_db)
+                actual = await dump_views(cdc_db)
+            events = [r.event for r in await log.read(0, 1_000_000)]
+        big_update = [e for e in events if e.after and e.after.get("title") == "Big two"]
+        assert big_update[0].unchanged_toast == ("attributes",)  # the case under test
+        assert actual == await rebuilt(cdc_db)
+        products = {row[0]: row for row in actual["view_products"]}
+        assert "GONE" not in products
+        assert products["BIG"][1] == "Big two"
+        assert blob in products["BIG"][3]
+        assert "L9" not in {row[0] for row in actual["view_locations"]}

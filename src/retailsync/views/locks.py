@@ -1,6 +1,6 @@
 """The advisory locks that keep concurrent view workers (and rebuilds) correct.
 
-Every batch the consumer applies holds, for its transaction:
+Every batch the consumer applies holds, for its transaction (``view_apply_batch`` takes them):
 
 - the *views* lock, shared; exclusive when the batch changes a location (a region move
   re-aggregates every sku stocked there) and, session-wide, while ``rebuild`` runs;
@@ -15,28 +15,14 @@ increments, in key order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from retailsync.db.database import Connection
 
 _CLASS = 0x76696577  # "view": the advisory lock space's first key, for every lock here
 _VIEWS = 0  # second key of the views lock ...
 _BOOTSTRAP = 1  # ... and of the bootstrap lock; sku locks use _SKU_CLASS
 _SKU_CLASS = 0x76696578
-
-
-async def lock_batch(conn: Connection, *, exclusive: bool) -> None:
-    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    await conn.execute(f"SELECT {fn}($1, $2)", _CLASS, _VIEWS)
-
-
-async def lock_skus(conn: Connection, skus: Iterable[str]) -> None:
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock($1, k) "
-        "FROM (SELECT DISTINCT hashtext(s) AS k FROM unnest($2::text[]) AS s ORDER BY k) AS x",
-        _SKU_CLASS,
-        sorted(set(skus)),
-    )
+# What ``view_apply_batch`` (migration 0011) takes a batch's locks with.
+BATCH_KEYS = (_CLASS, _VIEWS, _SKU_CLASS)
 
 
 async def lock_views_session(conn: Connection) -> None:
