@@ -11,6 +11,8 @@ Consumer groups lease offsets. A group's ``cursor`` is the highest offset ever h
 worker handles the events), takes back expired leases first and then new events above the
 cursor, so workers of one group never hold the same delivery at once. ``ack`` deletes the
 lease row and touches nothing shared, so acks from many workers do not queue on each other.
+
+Append and fetch are one round trip each: their statements are SQL functions (migration 0012).
 """
 
 from __future__ import annotations
@@ -39,67 +41,6 @@ from retailsync.eventlog.base import (
 _CHANNEL = "retailsync_event_log"
 _APPEND_LOCK = 0x6576_656E_746C_6F67  # "eventlog": serialises appends, see the module docstring
 _TIMEOUT_ERROR = "not acknowledged within ack_wait"
-
-_APPEND = """
-WITH inserted AS (
-    INSERT INTO event_log (event_id, source, body)
-    SELECT b.event_id, b.source, b.body
-    FROM unnest($1::text[], $2::text[], $3::json[]) WITH ORDINALITY AS b(event_id, source, body, n)
-    ORDER BY b.n
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING seq, event_id, source
-)
-INSERT INTO event_log_sources (source, last_event_id, last_seq)
-SELECT DISTINCT ON (source) source, event_id, seq FROM inserted ORDER BY source, seq DESC
-ON CONFLICT (source) DO UPDATE SET last_event_id = excluded.last_event_id,
-                                   last_seq = excluded.last_seq
-"""
-
-# Leases that expired on their last allowed delivery: the worker crashed or hung every time.
-_DEAD_EXPIRED = """
-WITH dead AS (
-    DELETE FROM event_log_deliveries
-    WHERE group_name = $1 AND lease_until <= clock_timestamp() AND deliveries >= $2
-    RETURNING seq, deliveries, last_error
-)
-INSERT INTO event_log_dead_letters (group_name, seq, body, error, deliveries)
-SELECT $1, dead.seq, e.body,
-       $3 || COALESCE('; last error: ' || dead.last_error, ''), dead.deliveries
-FROM dead JOIN event_log e USING (seq)
-"""
-
-_REDELIVER = """
-WITH due AS (
-    UPDATE event_log_deliveries d
-    SET deliveries = d.deliveries + 1, lease_until = clock_timestamp() + $3::interval
-    FROM (SELECT seq FROM event_log_deliveries
-          WHERE group_name = $1 AND lease_until <= clock_timestamp()
-          ORDER BY seq LIMIT $2) AS expired
-    WHERE d.group_name = $1 AND d.seq = expired.seq
-    RETURNING d.seq, d.deliveries
-)
-SELECT due.seq, due.deliveries, e.body FROM due JOIN event_log e USING (seq) ORDER BY due.seq
-"""
-
-_DELIVER_NEW = """
-WITH fresh AS (
-    SELECT seq, body FROM event_log
-    WHERE seq > (SELECT cursor FROM event_log_groups WHERE name = $1)
-    ORDER BY seq LIMIT $2
-), leased AS (
-    INSERT INTO event_log_deliveries (group_name, seq, deliveries, lease_until)
-    SELECT $1, seq, 1, clock_timestamp() + $3::interval FROM fresh
-), moved AS (
-    UPDATE event_log_groups SET cursor = (SELECT max(seq) FROM fresh)
-    WHERE name = $1 AND EXISTS (SELECT 1 FROM fresh)
-)
-SELECT seq, 1 AS deliveries, body FROM fresh ORDER BY seq
-"""
-
-_NEXT_LEASE_EXPIRY = """
-SELECT EXTRACT(epoch FROM min(lease_until) - clock_timestamp())::float8
-FROM event_log_deliveries WHERE group_name = $1
-"""
 
 _DEAD_NACKED = """
 WITH dead AS (
@@ -154,11 +95,11 @@ class PostgresEventLog:
         self._listen_lost = False
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        """A transaction whose loss of connection surfaces as the log being unavailable, the
-        error every backend raises for it."""
+    async def _transaction(self, *, explicit: bool = True) -> AsyncIterator[Connection]:
+        """A transaction (``explicit=False``: each statement its own) whose loss of connection
+        surfaces as the log being unavailable, the error every backend raises for it."""
         try:
-            async with self._db.transaction() as conn:
+            async with self._db.transaction() if explicit else self._db.connection() as conn:
                 yield conn
         except DatabaseUnavailable as exc:
             raise EventLogUnavailable(f"event log: {exc}") from exc
@@ -166,15 +107,15 @@ class PostgresEventLog:
     async def append(self, events: Sequence[ChangeEvent]) -> None:
         if not events:
             return
-        async with self._transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _APPEND_LOCK)
+        async with self._transaction(explicit=False) as conn:
             await conn.execute(
-                _APPEND,
+                "SELECT event_log_append($1, $2, $3, $4, $5)",
                 [e.id for e in events],
                 [e.source for e in events],
                 [encode_event(e).decode() for e in events],
+                _APPEND_LOCK,
+                _CHANNEL,
             )
-            await conn.execute("SELECT pg_notify($1, '')", _CHANNEL)
 
     async def read(self, after_offset: int = 0, limit: int = 100) -> list[LogRecord]:
         async with self._transaction() as conn:
@@ -337,19 +278,18 @@ class PostgresConsumer:
     async def _take(self, batch: int) -> tuple[list[Delivery], float | None]:
         """Lease up to ``batch`` due events: expired leases first, then new events. Also
         return the seconds until the group's next lease expires, if any is held."""
-        group = self._group
-        async with self._log._transaction() as conn:
-            await conn.execute("SELECT FROM event_log_groups WHERE name = $1 FOR UPDATE", group)
-            await conn.execute(_DEAD_EXPIRED, group, self._max_deliveries, _TIMEOUT_ERROR)
-            rows = list(await conn.fetch(_REDELIVER, group, batch, self._lease))
-            if len(rows) < batch:
-                rows += await conn.fetch(_DELIVER_NEW, group, batch - len(rows), self._lease)
-            next_expiry = None if rows else await conn.fetchval(_NEXT_LEASE_EXPIRY, group)
+        async with self._log._transaction(explicit=False) as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM event_log_take($1, $2, $3, $4, $5)",
+                *(self._group, batch, self._lease, self._max_deliveries, _TIMEOUT_ERROR),
+            )
+        if len(rows) == 1 and rows[0]["seq"] is None:  # nothing due (see migration 0012)
+            return [], rows[0]["next_expiry"]
         deliveries = [
             Delivery(row["seq"], decode_event(row["body"].encode()), row["deliveries"])
             for row in rows
         ]
-        return deliveries, next_expiry
+        return deliveries, None
 
     async def ack(self, delivery: Delivery) -> None:
         # A late ack from a worker whose lease already expired still counts: the event was
