@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 from retailsync.bench.private import private_database
 from retailsync.bench.stats import percentile
 from retailsync.cdc.capture import Capture, CaptureConfig, prepare
-from retailsync.cdc.slot import lsn_text
+from retailsync.cdc.slot import drop_slot, lsn_text
 from retailsync.cdc.tables import CapturedTable
 from retailsync.db.database import Database
 from retailsync.db.embedded import binaries_dir
@@ -111,8 +111,9 @@ async def _backend(db: Database, dsn: str, url: str, plan: CdcPlan, next_id: int
         capture = Capture(db, dsn, log, config, [TABLE])
         seconds = await _capture_until(capture, plan.changes)
         recv_seconds = await _recvlogical(dsn, ceiling.slot, config.publication, int(end_lsn))
-        await db.execute("SELECT pg_drop_replication_slot($1)", ceiling.slot)
-        await db.execute("SELECT pg_drop_replication_slot($1)", config.slot)
+        async with db.connection() as conn:
+            await drop_slot(conn, ceiling.slot)
+            await drop_slot(conn, config.slot)
 
         # Latency at the offered rate.
         config = _config()
@@ -148,7 +149,8 @@ async def _backend(db: Database, dsn: str, url: str, plan: CdcPlan, next_id: int
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await db.execute("SELECT pg_drop_replication_slot($1)", config.slot)
+        async with db.connection() as conn:
+            await drop_slot(conn, config.slot)
     finally:
         await log.close()
         if url.startswith("nats://"):

@@ -9,6 +9,8 @@ be read again: the capture reports it loudly and starts over from a new slot and
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -113,7 +115,14 @@ async def ensure_slot(conn: Connection, slot: str) -> bool:
     return True
 
 
-async def drop_slot(conn: Connection, slot: str) -> None:
+async def drop_slot(conn: Connection, slot: str, *, within: float = 10.0) -> None:
+    """Drop the slot if it exists, once no walsender holds it: a reader that has just
+    disconnected leaves it active until the server notices, and dropping an active slot
+    fails."""
+    deadline = time.monotonic() + within
+    query = "SELECT active FROM pg_replication_slots WHERE slot_name = $1"
+    while await conn.fetchval(query, slot) and time.monotonic() < deadline:  # noqa: ASYNC110 - server state, no event to wait on
+        await asyncio.sleep(0.05)
     await conn.execute(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
         slot,
