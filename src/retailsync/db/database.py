@@ -1,5 +1,12 @@
 """The connection pool, transactions, and translation of driver errors at the boundary.
 
+A connection goes back to the pool without a reset round trip (asyncpg's default sends
+``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every release, a round trip
+a request that waits on a busy event loop pays in full). Nothing here keeps session state on
+a pooled connection, except the few places that say so with ``keeps_session_state`` (session
+advisory locks, LISTEN): those connections are reset in full. A transaction left open is
+rolled back on release either way (asyncpg does that itself).
+
 Every connection is taken through the pool's circuit breaker (``traffic.breaker``): after a
 run of connection-level failures it opens, and ``connection()`` then raises
 DatabaseUnavailable at once, without a connect attempt, until a probe gets through. A domain
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -48,6 +56,24 @@ async def _init_connection(conn: Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+_WITH_SESSION_STATE: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def keeps_session_state(conn: Connection) -> None:
+    """Say that ``conn`` now holds session state (a session advisory lock, a LISTEN): the
+    pool resets it in full when it comes back, whatever the code that took it left behind."""
+    # The pool hands out a proxy; what it resets is the connection behind it.
+    _WITH_SESSION_STATE.add(getattr(conn, "_con", None) or conn)
+
+
+async def _reset_connection(conn: Connection) -> None:
+    """Called by the pool on every release, after asyncpg's own rollback of an open
+    transaction (see the module's docstring)."""
+    if conn in _WITH_SESSION_STATE:
+        _WITH_SESSION_STATE.discard(conn)
+        await conn.execute(conn.get_reset_query())
+
+
 class Database:
     """A pool of connections to one PostgreSQL database."""
 
@@ -66,6 +92,7 @@ class Database:
                 max_size=target.pool_max,
                 command_timeout=target.command_timeout,
                 init=_init_connection,
+                reset=_reset_connection,
             )
         except UNAVAILABLE_ERRORS as exc:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from retailsync.db.database import Connection
+from retailsync.db.database import Connection, keeps_session_state
 from retailsync.errors import MigrationError
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -45,6 +45,7 @@ def available_migrations() -> list[Migration]:
 
 async def migrate(conn: Connection) -> list[Migration]:
     """Apply every pending migration; return the ones applied by this call."""
+    keeps_session_state(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
     try:
         await conn.execute(

@@ -15,7 +15,7 @@ increments, in key order.
 
 from __future__ import annotations
 
-from retailsync.db.database import Connection
+from retailsync.db.database import Connection, keeps_session_state
 
 _CLASS = 0x76696577  # "view": the advisory lock space's first key, for every lock here
 _VIEWS = 0  # second key of the views lock ...
@@ -27,6 +27,7 @@ BATCH_KEYS = (_CLASS, _VIEWS, _SKU_CLASS)
 
 async def lock_views_session(conn: Connection) -> None:
     """The views lock, exclusive, until ``unlock_views_session`` (rebuild)."""
+    keeps_session_state(conn)
     await conn.execute("SELECT pg_advisory_lock($1, $2)", _CLASS, _VIEWS)
 
 
@@ -35,6 +36,7 @@ async def unlock_views_session(conn: Connection) -> None:
 
 
 async def lock_bootstrap(conn: Connection) -> None:
+    keeps_session_state(conn)
     await conn.execute("SELECT pg_advisory_lock($1, $2)", _CLASS, _BOOTSTRAP)
 
 
