@@ -132,7 +132,7 @@ class TestThresholds:
 
     def test_lower_classes_are_shed_for_a_second_after_a_higher_one_was(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
-        admission.note_shed(CART.rank, time.monotonic())
+        admission.note_pressed(CART.rank, time.monotonic())
         now = time.monotonic()
         assert admission.try_admit(CHECKOUT, now)
         assert not admission.try_admit(BROWSE, now)
@@ -140,6 +140,19 @@ class TestThresholds:
 
 
 class TestQueue:
+    async def test_a_wait_keeps_the_lower_classes_out_for_the_hold_second(self) -> None:
+        admission = Admission(ROUTES.classes, AdaptiveLimit(initial=10, minimum=10))
+        tickets = fill(admission, 10)
+        waiting = asyncio.create_task(admission.admit(CHECKOUT))
+        await asyncio.sleep(0.01)
+        for _ in range(6):
+            admission.done(tickets.pop())  # the first freed slot goes to the waiter
+        assert await asyncio.wait_for(waiting, 1) is not None
+        assert admission.inflight < BROWSE.trigger * admission.limit.limit  # room by share
+        now = time.monotonic()
+        assert not admission.try_admit(BROWSE, now)  # but a checkout waited a moment ago
+        assert admission.try_admit(BROWSE, now + 1.01)
+
     async def test_checkout_waits_for_a_slot_and_gets_the_first_one_freed(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=4))
         tickets = fill(admission, 4)
@@ -277,7 +290,7 @@ def test_random_histories_keep_the_class_order(steps: list[tuple[int, float, boo
             held.append(Ticket(rank, now))
         elif criticality.queue_s > 0:  # as admit() records it, after the wait
             last_shed[rank] = now
-            admission.note_shed(rank, now)
+            admission.note_pressed(rank, now)
         if answer_one and held:
             admission.inflight -= 1
             held.pop(0)

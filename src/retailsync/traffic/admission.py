@@ -19,8 +19,9 @@ that only sheds requests that would have been served.
 Each class may use up to its ``trigger`` share of the limit (see classes.py), so the lower
 classes are shed first and can never take what is kept for the higher ones; and while a
 more critical class that waits for slots (checkout, cart) has had to shed a request in the
-last second, every less critical one is shed too, so checkout is never refused while
-browsing is still let in. A class that
+last second, or has had to wait for one, every less critical one is shed too, so checkout is
+never refused while browsing is still let in, and the slots that free up while checkouts wait
+are theirs. A class that
 triggered stays shed until in-flight falls under its ``release`` share, then is let back in
 gradually over ``ramp_s``. Classes with a ``queue_ms`` wait that long for a slot, the most
 critical first, before they are shed.
@@ -43,7 +44,7 @@ from retailsync.traffic import metrics
 from retailsync.traffic.classes import Criticality
 
 _EMA = 0.05  # weight of one sample in a class's smoothed latency
-_HIGHER_SHED_HOLD_S = 1.0  # a less critical class stays shed this long after a higher shed
+_HIGHER_PRESSED_HOLD_S = 1.0  # a less critical class stays shed this long after a higher shed
 
 
 @dataclass(slots=True)
@@ -120,7 +121,7 @@ class Ticket:
 class _ClassState:
     shedding: bool = False
     released_at: float = -math.inf
-    last_shed: float = -math.inf
+    last_pressed: float = -math.inf
     waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
 
 
@@ -132,7 +133,7 @@ class Admission:
         self.limit = limit
         self.inflight = 0
         self._state = [_ClassState() for _ in classes]
-        self._latest_shed = -math.inf  # the last ``note_shed`` of any class
+        self._latest_pressed = -math.inf  # the last ``note_pressed`` of any class
         self._waiting = 0  # requests in ``_wait``, of every class
         self._counters = [
             {
@@ -148,7 +149,7 @@ class Admission:
         state = self._state[rank]
         in_flight = self.inflight
         limit = self.limit.limit
-        if self._higher_shed_since(rank, now - _HIGHER_SHED_HOLD_S):
+        if self._higher_pressed_since(rank, now - _HIGHER_PRESSED_HOLD_S):
             return False
         if state.shedding:
             if in_flight >= criticality.release * limit:
@@ -172,15 +173,18 @@ class Admission:
         if self.try_admit(criticality, now):
             counters["admitted"].inc()
             return Ticket(criticality.rank, now)
-        if criticality.queue_s > 0 and not self._higher_shed_since(
-            criticality.rank, now - _HIGHER_SHED_HOLD_S
+        if criticality.queue_s > 0 and not self._higher_pressed_since(
+            criticality.rank, now - _HIGHER_PRESSED_HOLD_S
         ):
+            # Having to wait is pressure too: the classes below yield from now on, so what
+            # frees up goes to the waiters rather than to the next browse request.
+            self.note_pressed(criticality.rank, now)
             counters["queued"].inc()
             if await self._wait(criticality):
                 counters["admitted"].inc()
                 return Ticket(criticality.rank, now)  # its latency includes the wait
         if criticality.queue_s > 0:  # refused even after waiting: the classes below yield
-            self.note_shed(criticality.rank, time.monotonic())
+            self.note_pressed(criticality.rank, time.monotonic())
         counters["shed"].inc()
         return None
 
@@ -219,9 +223,9 @@ class Admission:
         """Give free slots to waiting requests, the most critical class first."""
         if self._waiting == 0:
             return
-        since = time.monotonic() - _HIGHER_SHED_HOLD_S
+        since = time.monotonic() - _HIGHER_PRESSED_HOLD_S
         for criticality, state in zip(self.classes, self._state, strict=True):
-            if state.waiters and self._higher_shed_since(criticality.rank, since):
+            if state.waiters and self._higher_pressed_since(criticality.rank, since):
                 return  # the classes above were refused a moment ago: they come first
             while state.waiters and self.inflight < criticality.trigger * self.limit.limit:
                 waiter = state.waiters.popleft()
@@ -229,14 +233,14 @@ class Admission:
                     self.inflight += 1
                     waiter.set_result(None)
 
-    def note_shed(self, rank: int, at: float) -> None:
-        """A class that waits for slots shed a request (only those record their sheds: for
-        the others the thresholds keep the order)."""
-        self._state[rank].last_shed = at
-        self._latest_shed = max(self._latest_shed, at)
+    def note_pressed(self, rank: int, at: float) -> None:
+        """A class that waits for slots had to wait, or shed a request (only those classes
+        record it: for the others the thresholds keep the order)."""
+        self._state[rank].last_pressed = at
+        self._latest_pressed = max(self._latest_pressed, at)
 
-    def _higher_shed_since(self, rank: int, since: float) -> bool:
-        """Whether a more critical class shed a request after ``since``."""
-        if self._latest_shed <= since:  # nobody did: the usual answer, without the loop
+    def _higher_pressed_since(self, rank: int, since: float) -> bool:
+        """Whether a more critical class had to wait or shed after ``since``."""
+        if self._latest_pressed <= since:  # nobody did: the usual answer, without the loop
             return False
-        return any(state.last_shed > since for state in self._state[:rank])
+        return any(state.last_pressed > since for state in self._state[:rank])
