@@ -421,7 +421,12 @@ class TestCommand:
         history = synthetic_history(days=14, end=end, seed=11)
         await write_minutes(db, history.by_class())
         sale = history.sale
-        upcoming = hour_floor(end) + timedelta(hours=8, minutes=30)
+        # At the hour of day of the sale before it, at least 3 h ahead, so the hour before it
+        # is quieter whatever the wall clock says (a night sale after a busy evening is not:
+        # the hour before can need more workers than the sale).
+        upcoming = end.replace(hour=18, minute=0)
+        while upcoming < end + timedelta(hours=3):
+            upcoming += timedelta(days=1)
         calendar = tmp_path / "sales.toml"
         calendar.write_text(
             f'[[event]]\nname = "{sale.name}"\nstart = {sale.start.isoformat()}\n'
@@ -433,6 +438,7 @@ class TestCommand:
             cli,
             *("--db-url", database_dsn, "capacity", "forecast", "--json"),
             *("--per-worker-rps", "8", "--lead-minutes", "45", "--events", str(calendar)),
+            *("--hours", "30"),
         )
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
@@ -440,7 +446,7 @@ class TestCommand:
         # of 40 random ends was 8.9 %. TestModel pins the model's bound on fixed histories.
         assert report["mape"] < 15
         assert report["mape_hours"] >= 20
-        assert len(report["hours"]) == 24
+        assert len(report["hours"]) == 30
         (event,) = report["events"]
         assert event["source"] == "learned"
         assert 2.0 < event["multiplier"] < 3.5
