@@ -254,6 +254,35 @@ class TestPostgreSQL:
             await db.close()
 
 
+class TestHeldConnections:
+    """Half-open lets one call through; a connection kept for long must not keep that slot."""
+
+    async def test_a_held_connection_gives_its_verdict_once_it_is_up(
+        self, database_dsn: str
+    ) -> None:
+        breaker = Breaker("postgresql", POLICY)
+        target = ServerTarget(dsn=database_dsn, pool_min=0, pool_max=4, command_timeout=5)
+        db = await Database.connect(target, breaker=breaker)
+        try:
+            for _ in range(POLICY.failures):
+                breaker.failed()
+            await asyncio.sleep(POLICY.reset_s)
+            async with db.connection():  # an ordinary call is the probe until it ends
+                with pytest.raises(DatabaseUnavailable, match="breaker open"):
+                    await db.fetchval("SELECT 1")
+            assert breaker.state is State.CLOSED
+
+            for _ in range(POLICY.failures):
+                breaker.failed()
+            await asyncio.sleep(POLICY.reset_s)
+            async with db.connection(held=True) as held:  # as a LISTEN keeps one
+                assert await held.fetchval("SELECT 1") == 1
+                assert await db.fetchval("SELECT 1") == 1  # not kept out behind it
+                assert breaker.state is State.CLOSED
+        finally:
+            await db.close()
+
+
 @contextlib.asynccontextmanager
 async def _app(dsn: str, db: Database, **extra: object) -> AsyncIterator[Api]:
     settings = load_settings(

@@ -108,8 +108,13 @@ class Database:
             self._pool.terminate()
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """A connection outside any explicit transaction (each statement commits alone)."""
+    async def connection(self, *, held: bool = False) -> AsyncIterator[Connection]:
+        """A connection outside any explicit transaction (each statement commits alone).
+
+        ``held``: kept for as long as its holder lives (a LISTEN). The breaker then hears
+        that the server answered once the connection is up, not when it comes back: a
+        half-open breaker lets one call through at a time, and a holder that took that probe
+        would keep every other call out until the probe timed out."""
         breaker = self.breaker
         if not breaker.allow():
             raise DatabaseUnavailable(
@@ -120,6 +125,8 @@ class Database:
             # A DatabaseUnavailable from a nested connection was judged there already.
             with breaker.judge(UNAVAILABLE_ERRORS, neutral=DatabaseUnavailable):
                 async with self._pool.acquire() as conn:
+                    if held:
+                        breaker.succeeded()
                     # The pool hands out a proxy that behaves as the connection it wraps.
                     yield conn  # type: ignore[misc]
         except UNAVAILABLE_ERRORS as exc:

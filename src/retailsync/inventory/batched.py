@@ -200,16 +200,19 @@ class GroupCommitter:
         return taken
 
     async def _work(self) -> None:
-        """One lane, with a connection of its own kept across batches (a pool release costs
-        a reset round trip). When the database is unreachable, what is queued fails at once
-        (503 to clients) rather than waiting, and the lane tries again shortly."""
+        """One lane. It holds a connection while there is work and gives it back when its
+        queue empties: the database's breaker judges a connection when it comes back, so a
+        lane idling on one would keep the half-open breaker's only probe (and every call
+        behind it) until the probe timed out. When the database is unreachable, what is
+        queued fails at once (503 to clients) rather than waiting, and the lane tries again
+        shortly."""
         while True:
+            while not self._queue:
+                self._nonempty.clear()
+                await self._nonempty.wait()
             try:
                 async with self._db.connection() as conn:
-                    while True:
-                        while not self._queue:
-                            self._nonempty.clear()
-                            await self._nonempty.wait()
+                    while self._queue:
                         taken = self._take()
                         if not taken:
                             continue

@@ -252,7 +252,7 @@ class FlagStore:
         self._listen_lost = False
         stack = AsyncExitStack()
         try:
-            conn = await stack.enter_async_context(self._db.connection())
+            conn = await stack.enter_async_context(self._db.connection(held=True))
             keeps_session_state(conn)
             await conn.add_listener(CHANNEL, self._notified)
         except BaseException as exc:
