@@ -114,7 +114,8 @@ class Database:
         ``held``: kept for as long as its holder lives (a LISTEN). The breaker then hears
         that the server answered once the connection is up, not when it comes back: a
         half-open breaker lets one call through at a time, and a holder that took that probe
-        would keep every other call out until the probe timed out."""
+        would keep every other call out until the probe timed out. Such a holder keeps
+        session state, so the connection is reset in full when it comes back."""
         breaker = self.breaker
         if not breaker.allow():
             raise DatabaseUnavailable(
@@ -126,6 +127,7 @@ class Database:
             with breaker.judge(UNAVAILABLE_ERRORS, neutral=DatabaseUnavailable):
                 async with self._pool.acquire() as conn:
                     if held:
+                        keeps_session_state(conn)  # type: ignore[arg-type]  # unwrapped there
                         breaker.succeeded()
                     # The pool hands out a proxy that behaves as the connection it wraps.
                     yield conn  # type: ignore[misc]

@@ -27,7 +27,7 @@ import asyncpg
 
 from retailsync.cdc.events import ChangeEvent, decode_event, encode_event
 from retailsync.chores import wait_set
-from retailsync.db.database import Connection, Database, keeps_session_state
+from retailsync.db.database import Connection, Database
 from retailsync.errors import DatabaseUnavailable
 from retailsync.eventlog.base import (
     DeadLetter,
@@ -215,7 +215,6 @@ class PostgresEventLog:
             stack = AsyncExitStack()
             try:
                 conn = await stack.enter_async_context(self._db.connection(held=True))
-                keeps_session_state(conn)
                 await conn.add_listener(_CHANNEL, self._notified)
             except BaseException as exc:
                 # The connection must go back to the pool whatever failed (a server gone

@@ -37,7 +37,7 @@ import asyncpg
 from prometheus_client import Gauge
 
 from retailsync.chores import wait_set
-from retailsync.db.database import Connection, Database, keeps_session_state
+from retailsync.db.database import Connection, Database
 from retailsync.errors import DatabaseUnavailable, NotFound
 from retailsync.models import Entity
 from retailsync.services.versioned import check_expected, require_row, write_versioned
@@ -253,7 +253,6 @@ class FlagStore:
         stack = AsyncExitStack()
         try:
             conn = await stack.enter_async_context(self._db.connection(held=True))
-            keeps_session_state(conn)
             await conn.add_listener(CHANNEL, self._notified)
         except BaseException as exc:
             # The connection goes back to the pool whatever failed: a pool closes only when
