@@ -477,7 +477,14 @@ class TestCommand:
         assert await db.fetchval("SELECT sum(requests) FROM traffic_minutes") == total
         replaced = await asyncio.to_thread(cli, *args, "--seed", "8", "--replace")
         assert replaced.returncode == 0, replaced.stderr
-        assert await db.fetchval("SELECT count(*) FROM traffic_minutes") == 5 * 4 * 1440
+        # The range ends at the current minute: if the clock passed a minute boundary since the
+        # first run, the first run's oldest minutes lie before it and stay.
+        newest = await db.fetchval("SELECT max(minute) FROM traffic_minutes")
+        first = newest - timedelta(days=4, minutes=-1)
+        in_range = "SELECT count(*) FROM traffic_minutes WHERE minute >= $1"
+        assert await db.fetchval(in_range, first) == 5 * 4 * 1440
+        left = "SELECT count(DISTINCT minute) FROM traffic_minutes WHERE minute < $1"
+        assert await db.fetchval(left, first) <= 2
         assert await db.fetchval("SELECT sum(requests) FROM traffic_minutes") != total
         too_long = await asyncio.to_thread(
             cli,
