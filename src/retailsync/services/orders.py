@@ -7,24 +7,26 @@ commits the hold into it and closes the cart. A hold taken elsewhere (``POST
 /v1/reservations``) can be committed into an order the same way. Stock rows are always locked
 in (sku, location) order, so checkouts and status changes cannot deadlock each other.
 
+A checkout is three calls: ``checkout_cart`` (lock the cart, read its lines and their supply),
+the hold (on the engine's connections), and ``order_place`` (migration 0013). The rules live
+in those functions; the allocation stays here.
+
     placed -> paid -> shipped -> delivered        placed | paid -> cancelled (stock returns)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
-import asyncpg
-
 from retailsync.db.database import Connection
-from retailsync.errors import InsufficientStock, InvalidTransition, NotFound, Refused
-from retailsync.inventory.ledger import give_back, lock_stock_rows, require_owner
+from retailsync.errors import InsufficientStock, InvalidTransition, NotFound
+from retailsync.inventory.ledger import give_back, lock_stock_rows
 from retailsync.inventory.model import Hold, HoldRequest
-from retailsync.models import Order, OrderLine, OrderStatus, StatusChange
+from retailsync.models import Order, OrderStatus
 from retailsync.services.allocation import Supply, allocate
-from retailsync.services.carts import lock_open_cart
+from retailsync.services.sql_refusals import sql_refusals
 from retailsync.services.versioned import check_expected
 
 if TYPE_CHECKING:
@@ -46,26 +48,6 @@ TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
 }
 
 
-def _choose_currency(
-    cart_currency: str | None, skus: list[str], prices: list[asyncpg.Record]
-) -> str:
-    """The cart's currency, or the one currency every line is priced in."""
-    priced: dict[str, set[str]] = {}
-    for row in prices:
-        priced.setdefault(row["currency"], set()).add(row["sku"])
-    candidates = [cart_currency] if cart_currency else sorted(priced)
-    complete = [c for c in candidates if priced.get(c, set()) >= set(skus)]
-    if not complete:
-        missing = sorted(set(skus) - set().union(*priced.values())) if priced else skus
-        raise Refused("unpriced", f"no price in the cart's region and currency for: {missing}")
-    if len(complete) > 1:
-        raise Refused(
-            "ambiguous-currency",
-            f"lines are priced in several currencies {complete}; create the cart with a currency",
-        )
-    return complete[0]
-
-
 async def checkout(
     conn: Connection,
     cart_id: UUID,
@@ -79,42 +61,26 @@ async def checkout(
     checkout"), or one taken now for the cart's lines, allocated in its region. The order and
     the hold's commit are one transaction (the caller's); a hold taken here and not committed
     is released, or expires."""
-    cart = await lock_open_cart(conn, cart_id)
-    lines = await conn.fetch(
-        "SELECT sku, quantity FROM cart_lines WHERE cart_id = $1 ORDER BY sku", cart_id
-    )
-    if not lines:
-        raise Refused("empty-cart", "the cart has no lines")
-    wanted = {line["sku"]: line["quantity"] for line in lines}
-    await _priced(conn, cart["region"], cart["currency"], list(wanted))  # refuse before holding
+    with sql_refusals():  # locks the cart; refuses an empty or unpriced one before holding
+        cart = await conn.fetchval("SELECT checkout_cart($1)", cart_id)
     if hold_id is not None:
-        return await place_from_hold(conn, hold_id, channel=channel, cart=cart, owner=owner)
-    hold = await _hold_cart(conn, engine, cart, wanted)
+        return await place_from_hold(conn, hold_id, channel=channel, cart_id=cart_id, owner=owner)
+    hold = await _hold_cart(conn, engine, cart)
     try:
-        return await place_from_hold(conn, hold.id, channel=channel, cart=cart)
+        return await place_from_hold(conn, hold.id, channel=channel, cart_id=cart_id)
     except BaseException:
         # Released once this transaction has rolled back: it may hold the hold row's lock.
         engine.release_soon(hold.id)
         raise
 
 
-async def _hold_cart(
-    conn: Connection, engine: InventoryEngine, cart: asyncpg.Record, wanted: Mapping[str, int]
-) -> Hold:
+async def _hold_cart(conn: Connection, engine: InventoryEngine, cart: dict[str, Any]) -> Hold:
     """Hold the cart's lines at the region's fullest locations. The allocation reads stock
     without locks; if a concurrent sale took units first, allocate again from fresh figures."""
+    wanted = list(zip(cart["skus"], cart["quantities"], strict=True))
+    supply = cart["supply"]
     for attempt in range(_ALLOCATION_ATTEMPTS):
-        supply = await conn.fetch(
-            "SELECT s.sku, s.location, s.available "
-            "FROM stock_levels s JOIN locations l ON l.id = s.location "
-            "WHERE l.region = $1 AND s.sku = ANY($2) ORDER BY s.sku, s.location",
-            cart["region"],
-            list(wanted),
-        )
-        allocations, shortages = allocate(
-            list(wanted.items()),
-            [Supply(row["sku"], row["location"], row["available"]) for row in supply],
-        )
+        allocations, shortages = allocate(wanted, [Supply(*row) for row in supply])
         if shortages:
             raise InsufficientStock(shortages)
         request = HoldRequest.create(
@@ -129,20 +95,8 @@ async def _hold_cart(
         except InsufficientStock:
             if attempt == _ALLOCATION_ATTEMPTS - 1:
                 raise
+        supply = await conn.fetchval("SELECT checkout_supply($1, $2)", cart["region"], cart["skus"])
     raise AssertionError("unreachable")
-
-
-async def _priced(
-    conn: Connection, region: str, currency: str | None, skus: list[str]
-) -> tuple[str, dict[str, int]]:
-    """The order's currency and each sku's unit price in the region; Refused if unpriced."""
-    prices = await conn.fetch(
-        "SELECT sku, currency, amount_minor FROM prices WHERE region = $1 AND sku = ANY($2)",
-        region,
-        skus,
-    )
-    chosen = _choose_currency(currency, skus, prices)
-    return chosen, {row["sku"]: row["amount_minor"] for row in prices if row["currency"] == chosen}
 
 
 async def place_from_hold(
@@ -150,104 +104,26 @@ async def place_from_hold(
     hold_id: UUID,
     *,
     channel: str,
-    cart: asyncpg.Record | None = None,
+    cart_id: UUID | None = None,
     currency: str | None = None,
     owner: str | None = None,
 ) -> Order:
-    """Commit a hold into an order (in the caller's transaction). With ``cart``, the hold must
-    cover exactly the cart's lines in its region, and the cart is closed. Committing a hold
-    already committed (without a cart) answers its order again: a safe retry. ``owner``: the
-    API key scope the hold must have been taken under (None: any)."""
-    if owner is not None:
-        await require_owner(conn, hold_id, owner)
-    hold = await conn.fetchrow(
-        "SELECT state, customer_id, order_id FROM holds WHERE id = $1 FOR UPDATE", hold_id
-    )
-    if hold is None:
-        raise NotFound("reservation", str(hold_id))
-    if hold["state"] == "committed" and cart is None:
-        return await get_order(conn, hold["order_id"])
-    if hold["state"] != "held":
-        raise Refused(f"hold-{hold['state']}", f"the hold is {hold['state']}")
-    # Read the clock once the row is ours: expiry, which takes the same lock, cannot pass now.
-    clock = await conn.fetchrow(
-        "SELECT t.now, h.expires_at <= t.now AS due "
-        "FROM holds h, (SELECT clock_timestamp() AS now) AS t WHERE h.id = $1",
-        hold_id,
-    )
-    assert clock is not None  # the row is locked by this transaction
-    now = clock["now"]
-    if clock["due"]:
-        raise Refused("hold-expired", "the hold's time ran out; its stock is being given back")
-    lines = await conn.fetch(
-        "SELECT r.sku, r.quantity, l.region FROM reservations r "
-        "JOIN locations l ON l.id = r.location WHERE r.hold_id = $1 AND r.state = 'held'",
-        hold_id,
-    )
-    regions = {line["region"] for line in lines}
-    if len(regions) != 1:
-        raise Refused(
-            "mixed-regions", f"an order is placed in one region; the hold spans {sorted(regions)}"
+    """Commit a hold into an order (in the caller's transaction). With ``cart_id`` (a cart
+    this transaction locked through ``checkout_cart``), the hold must cover exactly the cart's
+    lines in its region, and the cart is closed. Committing a hold already committed (without
+    a cart) answers its order again: a safe retry. ``owner``: the API key scope the hold must
+    have been taken under (None: any). One call: ``order_place`` (migration 0013)."""
+    with sql_refusals():
+        document = await conn.fetchval(
+            "SELECT order_place($1, $2, $3, $4, $5, $6)",
+            hold_id,
+            channel,
+            cart_id,
+            currency,
+            owner,
+            ANONYMOUS,
         )
-    region = regions.pop()
-    quantities: dict[str, int] = {}
-    for line in lines:
-        quantities[line["sku"]] = quantities.get(line["sku"], 0) + line["quantity"]
-    if cart is not None:
-        if hold["customer_id"] not in (None, cart["customer_id"]):
-            # Else a customer could check out another's hold past their own purchase limit.
-            raise Refused("hold-mismatch", "the hold was taken for another customer")
-        rows = await conn.fetch(
-            "SELECT sku, quantity FROM cart_lines WHERE cart_id = $1", cart["id"]
-        )
-        in_cart = {row["sku"]: row["quantity"] for row in rows}
-        if cart["region"] != region or in_cart != quantities:
-            raise Refused("hold-mismatch", "the hold does not cover exactly the cart's lines")
-        currency = cart["currency"]
-    skus = sorted(quantities)
-    chosen, unit_price = await _priced(conn, region, currency, skus)
-    customer = cart["customer_id"] if cart is not None else hold["customer_id"] or ANONYMOUS
-    await conn.execute("INSERT INTO customers (id) VALUES ($1) ON CONFLICT DO NOTHING", customer)
-    order_id: UUID = await conn.fetchval(
-        "INSERT INTO orders (cart_id, hold_id, customer_id, region, channel, currency, "
-        "total_minor) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        cart["id"] if cart is not None else None,
-        hold_id,
-        customer,
-        region,
-        channel,
-        chosen,
-        sum(unit_price[sku] * quantities[sku] for sku in skus),
-    )
-    await conn.execute(
-        "INSERT INTO order_lines (order_id, sku, quantity, unit_price_minor) "
-        "SELECT $1, sku, quantity, price FROM unnest($2::text[], $3::int[], $4::bigint[]) "
-        "AS l(sku, quantity, price)",
-        order_id,
-        skus,
-        [quantities[sku] for sku in skus],
-        [unit_price[sku] for sku in skus],
-    )
-    await conn.execute(
-        "UPDATE reservations SET state = 'committed', order_id = $2 "
-        "WHERE hold_id = $1 AND state = 'held'",
-        hold_id,
-        order_id,
-    )
-    await conn.execute(  # ended when it was found unexpired, so the two can never disagree
-        "UPDATE holds SET state = 'committed', order_id = $2, ended_at = $3 WHERE id = $1",
-        hold_id,
-        order_id,
-        now,
-    )
-    await _record_status(conn, order_id, None, OrderStatus.PLACED, channel)
-    if cart is not None:
-        await conn.execute(
-            "UPDATE carts SET status = 'checked_out', currency = $2 WHERE id = $1",
-            cart["id"],
-            chosen,
-        )
-    return await get_order(conn, order_id)
+    return Order.model_validate(document)
 
 
 async def _record_status(
@@ -258,53 +134,15 @@ async def _record_status(
     channel: str,
 ) -> None:
     await conn.execute(
-        "INSERT INTO order_status_history (order_id, seq, from_status, to_status, channel) "
-        "SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4 "
-        "FROM order_status_history WHERE order_id = $1",
-        order_id,
-        from_status,
-        to_status,
-        channel,
+        "SELECT order_record_status($1, $2, $3, $4)", order_id, from_status, to_status, channel
     )
 
 
 async def get_order(conn: Connection, order_id: UUID) -> Order:
-    row = await conn.fetchrow("SELECT * FROM orders WHERE id = $1", order_id)
-    if row is None:
+    document = await conn.fetchval("SELECT order_document($1)", order_id)
+    if document is None:
         raise NotFound("order", str(order_id))
-    lines = await conn.fetch(
-        "SELECT sku, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY sku",
-        order_id,
-    )
-    history = await conn.fetch(
-        "SELECT from_status, to_status, channel, at FROM order_status_history "
-        "WHERE order_id = $1 ORDER BY seq",
-        order_id,
-    )
-    return Order(
-        id=row["id"],
-        cart_id=row["cart_id"],
-        hold_id=row["hold_id"],
-        customer_id=row["customer_id"],
-        region=row["region"],
-        channel=row["channel"],
-        currency=row["currency"],
-        status=row["status"],
-        lines=[
-            OrderLine(
-                sku=line["sku"],
-                quantity=line["quantity"],
-                unit_price_minor=line["unit_price_minor"],
-                line_total_minor=line["quantity"] * line["unit_price_minor"],
-            )
-            for line in lines
-        ],
-        total_minor=row["total_minor"],
-        history=[StatusChange(**dict(change)) for change in history],
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return Order.model_validate(document)
 
 
 async def _settle_reservations(conn: Connection, order_id: UUID, *, ship: bool) -> None:
