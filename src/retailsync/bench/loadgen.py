@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-_HEAD_END = b"\r\n\r\n"
-_LENGTH = b"\r\ncontent-length:"
+HEAD_END = b"\r\n\r\n"
+LENGTH = b"\r\ncontent-length:"
 
 
 class HttpConnection:
@@ -31,12 +31,12 @@ class HttpConnection:
     async def send(self, raw: bytes) -> tuple[int, bytes]:
         """Send one request; return the response's status and body."""
         self._writer.write(raw)
-        head = await self._reader.readuntil(_HEAD_END)
+        head = await self._reader.readuntil(HEAD_END)
         status = int(head[9:12])
         # One search, not a loop over the header lines: the generator's cost per answer
         # then does not grow with the number of headers the server sends.
-        at = head.lower().find(_LENGTH)
-        length = int(head[at + len(_LENGTH) : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+        at = head.lower().find(LENGTH)
+        length = int(head[at + len(LENGTH) : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
         body = await self._reader.readexactly(length) if length else b""
         return status, body
 

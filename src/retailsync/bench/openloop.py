@@ -4,19 +4,25 @@ send time, not from when a connection was free to send it. A closed loop (a fixe
 clients each waiting for its answer) slows down with the server and so never offers it more
 than it can take, and timing from the actual send hides the queueing a slow server causes
 (coordinated omission). Here a request whose turn came while every connection was busy opens
-another connection, up to ``max_connections``, and then waits, with the wait counted.
+another connection, up to ``max_connections``, and then waits, with the wait counted; one
+that has had no answer ``timeout_s`` after it was due is given up (status 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from retailsync.bench.loadgen import HttpConnection
+from retailsync.bench.loadgen import HEAD_END as _HEAD_END
+from retailsync.bench.loadgen import LENGTH as _LENGTH
 from retailsync.bench.stats import percentile
+
+_SWEEP_S = 0.05  # how often requests past their timeout are looked for
+_TICK_S = 0.001  # the sender wakes at most this often, and sends everything then due
 
 
 @dataclass
@@ -53,40 +59,162 @@ class OpenLoopResult:
     behind_s: float = 0.0  # how far the sender itself fell behind its schedule, at most
 
 
-class _Pool:
-    def __init__(self, host: str, port: int, limit: int) -> None:
-        self.host, self.port, self.limit = host, port, limit
-        self.idle: list[HttpConnection] = []
-        self.opened = 0
-        self.live = 0
-        self._freed = asyncio.Condition()
+@dataclass(slots=True)
+class _Job:
+    name: str
+    raw: bytes
+    intended: float  # when it was due to be sent: its latency runs from here
 
-    async def take(self) -> HttpConnection:
-        while True:
-            if self.idle:
-                return self.idle.pop()
-            if self.live < self.limit:
-                self.live += 1
-                self.opened += 1
-                try:
-                    return await HttpConnection.open(self.host, self.port)
-                except OSError:
-                    self.live -= 1
-                    raise
-            async with self._freed:
-                await self._freed.wait()
 
-    async def give(self, connection: HttpConnection | None) -> None:
-        if connection is None:
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection driven by callbacks: a request costs the generator no task,
+    no future and no timer. At 10x a server's capacity a generator built on streams, a task
+    and a timeout per request used a whole core of the two and fell behind its own schedule,
+    and its queueing counted against the server."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.transport: asyncio.Transport | None = None
+        self.job: _Job | None = None
+        self._buffer = bytearray()
+        self._head_end = -1  # where the current answer's head ends, once it has arrived
+        self._status = 0
+        self._length = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.run.ready(self)
+
+    def send(self, job: _Job) -> None:
+        assert self.transport is not None
+        self.job = job
+        self.transport.write(job.raw)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        if self._head_end < 0:
+            end = buffer.find(_HEAD_END)
+            if end < 0:
+                return
+            head = bytes(buffer[: end + 2]).lower()
+            at = head.find(_LENGTH)
+            try:
+                self._status = int(head[9:12])
+                self._length = (
+                    int(head[at + len(_LENGTH) : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+                )
+            except ValueError:  # not an answer we can read: the connection is given up
+                self.abort()
+                return
+            self._head_end = end + len(_HEAD_END)
+        size = self._head_end + self._length
+        if len(buffer) < size:
+            return
+        del buffer[:size]
+        self._head_end = -1
+        job, self.job = self.job, None
+        if job is not None:
+            self.run.answered(self, job, self._status)
+
+    def abort(self) -> None:
+        """Give up the connection (and its request, if any, unanswered)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        job, self.job = self.job, None
+        self.run.lost(self, job)
+
+
+class _Run:
+    """The requests of one open-loop run: who is sending what, and what came back."""
+
+    def __init__(self, host: str, port: int, limit: int, timeout_s: float, total: int,
+                 good: Callable[[str, int], bool], result: OpenLoopResult) -> None:  # fmt: skip
+        self.host, self.port, self.limit, self.timeout_s = host, port, limit, timeout_s
+        self.good = good
+        self.result = result
+        self.idle: list[_Connection] = []
+        self.busy: set[_Connection] = set()
+        self.pending: collections.deque[_Job] = collections.deque()  # due, no connection yet
+        self.live = 0  # connections open or opening
+        self.left = total  # requests not yet finished
+        self.finished = asyncio.get_running_loop().create_future()
+        self._opening: set[asyncio.Task[None]] = set()
+
+    def submit(self, job: _Job) -> None:
+        if self.idle:
+            self._send(self.idle.pop(), job)
+            return
+        self.pending.append(job)
+        if self.live < self.limit:
+            self.live += 1
+            self.result.connections_opened += 1
+            task = asyncio.create_task(self._open())
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        except OSError:
             self.live -= 1
+            if self.pending and self.live == 0:  # nothing else would ever send it
+                self._finish(self.pending.popleft(), 0)
+
+    def ready(self, connection: _Connection) -> None:
+        if self.pending:
+            self._send(connection, self.pending.popleft())
         else:
             self.idle.append(connection)
-        async with self._freed:
-            self._freed.notify()
 
-    async def close(self) -> None:
-        for connection in self.idle:
-            await connection.close()
+    def _send(self, connection: _Connection, job: _Job) -> None:
+        self.busy.add(connection)
+        connection.send(job)
+
+    def answered(self, connection: _Connection, job: _Job, status: int) -> None:
+        self.busy.discard(connection)
+        self._finish(job, status)
+        self.ready(connection)
+
+    def lost(self, connection: _Connection, job: _Job | None) -> None:
+        self.busy.discard(connection)
+        if connection in self.idle:
+            self.idle.remove(connection)
+        self.live -= 1
+        if job is not None:
+            self._finish(job, 0)
+        if self.pending and self.live < self.limit:
+            self.live += 1
+            self.result.connections_opened += 1
+            task = asyncio.create_task(self._open())
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
+
+    def expire(self, now: float) -> None:
+        """Give up what has waited ``timeout_s`` since it was due: queued, or sent."""
+        while self.pending and now - self.pending[0].intended >= self.timeout_s:
+            self._finish(self.pending.popleft(), 0)
+        for connection in [
+            c for c in self.busy if c.job and now - c.job.intended >= self.timeout_s
+        ]:
+            connection.abort()  # connection_lost finishes its request, unanswered
+
+    def _finish(self, job: _Job, status: int) -> None:
+        outcome = self.result.classes[job.name]
+        outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
+        if status and self.good(job.name, status):
+            outcome.good_latencies.append(time.perf_counter() - job.intended)
+        self.left -= 1
+        if self.left == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+    def close(self) -> None:
+        for connection in self.idle + list(self.busy):
+            connection.abort()
 
 
 async def open_loop(
@@ -101,46 +229,30 @@ async def open_loop(
     timeout_s: float = 10.0,
 ) -> OpenLoopResult:
     """Send ``request()`` (its class and bytes) ``rate`` times a second for ``seconds``."""
-    pool = _Pool(host, port, max_connections)
     result = OpenLoopResult(rate, seconds, {})
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(name: str, raw: bytes, intended: float) -> None:
-        outcome = result.classes.setdefault(name, ClassResult())
-        connection: HttpConnection | None = None
-        status = 0
-        try:
-            async with asyncio.timeout(timeout_s - (time.perf_counter() - intended)):
-                connection = await pool.take()
-                status, _ = await connection.send(raw)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
-            if connection is not None:  # broken mid-request: never reused
-                with contextlib.suppress(Exception):
-                    await connection.close()
-                await pool.give(None)
-        else:
-            await pool.give(connection)
-        outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
-        if status and good(name, status):
-            outcome.good_latencies.append(time.perf_counter() - intended)
-
-    start = time.perf_counter()
-    sent = 0
     total = int(rate * seconds)
-    while sent < total:
-        now = time.perf_counter()
-        due = min(total, int((now - start) * rate) + 1)
-        result.behind_s = max(result.behind_s, now - (start + sent / rate))
-        while sent < due:
-            name, raw = request()
-            result.classes.setdefault(name, ClassResult()).offered += 1
-            task = asyncio.create_task(one(name, raw, start + sent / rate))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-    if tasks:
-        await asyncio.wait(tasks)
-    result.connections_opened = pool.opened
-    await pool.close()
+    run = _Run(host, port, max_connections, timeout_s, total, good, result)
+    start = swept = time.perf_counter()
+    sent = 0
+    try:
+        while sent < total:
+            now = time.perf_counter()
+            due = min(total, int((now - start) * rate) + 1)
+            result.behind_s = max(result.behind_s, now - (start + sent / rate))
+            while sent < due:
+                name, raw = request()
+                result.classes.setdefault(name, ClassResult()).offered += 1
+                run.submit(_Job(name, raw, start + sent / rate))
+                sent += 1
+            if now - swept >= _SWEEP_S:
+                run.expire(now)
+                swept = now
+            # Sent in ticks: waking once a request would cost more than sending it.
+            await asyncio.sleep(max(_TICK_S, start + sent / rate - time.perf_counter()))
+        while total and not run.finished.done():
+            run.expire(time.perf_counter())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(run.finished), _SWEEP_S)
+    finally:
+        run.close()
     return result
