@@ -82,17 +82,38 @@ def database_dsn(pg_admin_dsn: str) -> Iterator[str]:
     asyncio.run(drop())
 
 
+async def _empty(conn: asyncpg.Connection) -> None:
+    """Every table but the reference data emptied: what earlier tests left is gone."""
+    tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    names = [f'"{t["tablename"]}"' for t in tables if t["tablename"] not in _REFERENCE_TABLES]
+    await conn.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
+
+
 @pytest.fixture
 async def db(database_dsn: str) -> AsyncIterator[Database]:
     database = await Database.connect(
         ServerTarget(dsn=database_dsn, pool_min=1, pool_max=60, command_timeout=30.0)
     )
     async with database.connection() as conn:
-        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        names = [f'"{t["tablename"]}"' for t in tables if t["tablename"] not in _REFERENCE_TABLES]
-        await conn.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
+        await _empty(conn)  # type: ignore[arg-type]  # the pool's proxy is a connection
     yield database
     await database.close()
+
+
+@pytest.fixture
+def empty_dsn(database_dsn: str) -> str:
+    """The session's database emptied, for tests that run our processes against it and check
+    the whole database afterwards (the demo's inventory audit)."""
+
+    async def empty() -> None:
+        conn = await asyncpg.connect(database_dsn)
+        try:
+            await _empty(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(empty())
+    return database_dsn
 
 
 @pytest.fixture

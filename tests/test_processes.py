@@ -262,7 +262,8 @@ class TestDatabaseDown:
 
 
 class TestDemo:
-    def test_a_short_demo_runs_every_channel_and_oversells_nothing(self, database_dsn: str) -> None:
+    def test_a_short_demo_runs_every_channel_and_oversells_nothing(self, empty_dsn: str) -> None:
+        database_dsn = empty_dsn  # the audit covers the whole database: no other test's rows
         args = ["--db-url", database_dsn, "demo", "--duration", "4", "--products", "200"]
         result = cli(*args, env={"COLUMNS": "250"}, timeout=180)  # a table row per line
         assert result.returncode == 0, result.stderr[-2000:]
