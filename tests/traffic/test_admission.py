@@ -267,24 +267,31 @@ async def test_an_overload_sheds_browse_and_keeps_checkout() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 4), st.floats(0, 0.3), st.booleans()), min_size=1, max_size=300
+        st.tuples(st.integers(0, 4), st.floats(0, 0.3), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=300,
     )
 )
-def test_random_histories_keep_the_class_order(steps: list[tuple[int, float, bool]]) -> None:
-    """Arrivals of random classes at random times, each answered or not before the next.
-    The checker: a class is admitted only under its share of the limit; after a more critical
+def test_random_histories_keep_the_class_order(steps: list[tuple[int, float, bool, bool]]) -> None:
+    """Arrivals of random classes at random times, each answered or not before the next, some
+    first past the early refusal (``shed_at_once``, as uvicorn's protocol asks it). The
+    checker: a class is admitted only under its share of the limit; after a more critical
     class that queues (checkout, cart) was shed, no less critical one is admitted within the
-    hold second; in-flight never goes below zero."""
+    hold second; an early refusal is only ever of a class that does not queue, and admission
+    would have refused it too; in-flight never goes below zero."""
     admission = Admission(ROUTES.classes, AdaptiveLimit(initial=6, minimum=4, maximum=12))
     now = 0.0
     last_shed = [-1e9] * len(ROUTES.classes)
     held: list[Ticket] = []
-    for rank, gap, answer_one in steps:
+    for rank, gap, answer_one, early in steps:
         now += gap
         criticality = ROUTES.classes[rank]
         before = admission.inflight
         limit = admission.limit.limit
-        if admission.try_admit(criticality, now):
+        if early and admission.shed_at_once(criticality, now):
+            assert criticality.queue_s == 0
+            assert not admission.try_admit(criticality, now)
+        elif admission.try_admit(criticality, now):
             assert before < criticality.trigger * limit
             assert all(at <= now - 1.0 for at in last_shed[:rank])
             held.append(Ticket(rank, now))

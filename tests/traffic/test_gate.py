@@ -18,10 +18,11 @@ def gate_of(api: Api) -> TrafficGate:
 
 
 @contextlib.contextmanager
-def busy(api: Api) -> Iterator[None]:
+def busy(api_or_gate: Api | TrafficGate) -> Iterator[None]:
     """Pretend 70 of a limit of 100 are in flight: past browse's share (0.6 of the limit),
     under product's (0.75), cart's and checkout's."""
-    admission = gate_of(api).admission
+    gate = api_or_gate if isinstance(api_or_gate, TrafficGate) else gate_of(api_or_gate)
+    admission = gate.admission
     assert admission is not None
     limit = admission.limit
     held = limit.limit, limit.minimum, limit.maximum

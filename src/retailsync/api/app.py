@@ -22,6 +22,7 @@ from retailsync import __version__
 from retailsync.api import openapi, problems
 from retailsync.api.body_limit import BodyLimit
 from retailsync.api.fastpath import RetailsyncApi
+from retailsync.api.protocol import EARLY_REFUSAL, Refusal
 from retailsync.api.routes import (
     carts,
     categories,
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     one from ``settings``, which must then name a server (the CLI resolves embedded://)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Refusal]]:
         # Whatever was opened is closed again, in reverse, also when a later step fails.
         async with contextlib.AsyncExitStack() as stack:
             await _open_worker(app, stack)
@@ -103,7 +104,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             # requests.
             gc.collect()
             gc.freeze()
-            yield
+            # Lifespan state reaches uvicorn's protocol (api/protocol.py): shed requests
+            # are refused there, before any ASGI call.
+            yield {EARLY_REFUSAL: app.state.traffic.refusal}
 
     async def _open_worker(app: FastAPI, stack: contextlib.AsyncExitStack) -> None:
         database = db

@@ -14,6 +14,9 @@ from retailsync.api.app import create_app
 from retailsync.config import ENV_PREFIX, Settings
 from retailsync.errors import ConfigError
 
+# httptools, refusing shed requests as soon as their head is parsed (api/protocol.py).
+HTTP_PROTOCOL = "retailsync.api.protocol:EarlyRefusalProtocol"
+
 
 def run_server(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM. ``settings.db_url`` must name a server, not embedded://."""
@@ -23,6 +26,7 @@ def run_server(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            http=HTTP_PROTOCOL,
         )
         return
     for name, value in settings.model_dump().items():  # worker processes read the environment
@@ -35,6 +39,7 @@ def run_server(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        http=HTTP_PROTOCOL,
     )
     supervisor = SocketPerWorker(config, settings.host, settings.port)  # binds: fails early
     with tempfile.TemporaryDirectory(prefix="retailsync-metrics-") as metrics_dir:

@@ -147,26 +147,43 @@ class Admission:
 
     def try_admit(self, criticality: Criticality, now: float) -> bool:
         """Admit at once if the class may have a slot now (no waiting)."""
+        if self._over_share(criticality, now):
+            return False
+        state = self._state[criticality.rank]
+        ramped = now - state.released_at
+        if ramped < criticality.ramp_s and random.random() * criticality.ramp_s > ramped:
+            return False  # let back in gradually
+        self.inflight += 1
+        return True
+
+    def shed_at_once(self, criticality: Criticality, now: float) -> bool:
+        """Whether a request of a class that never waits is refused now whatever else it
+        carries, counted as shed if so: the one check a refusal answered as soon as the
+        request's head is parsed may make (api/protocol.py). It leaves the random part of a
+        gradual release to ``admit``, which the requests it lets pass still go through."""
+        if criticality.queue_s > 0 or not self._over_share(criticality, now):
+            return False
+        self._counters[criticality.rank]["shed"].inc()
+        return True
+
+    def _over_share(self, criticality: Criticality, now: float) -> bool:
+        """Past the class's share of the limit, or shed for a more critical class."""
         rank = criticality.rank
         state = self._state[rank]
         in_flight = self.inflight
         limit = self.limit.limit
         if self._higher_pressed_since(rank, now - _HIGHER_PRESSED_HOLD_S):
-            return False
+            return True
         if state.shedding:
             if in_flight >= criticality.release * limit:
-                return False
+                return True
             state.shedding = False
             state.released_at = now
         elif in_flight >= criticality.trigger * limit:
             if criticality.queue_s == 0:
                 state.shedding = True
-            return False
-        ramped = now - state.released_at
-        if ramped < criticality.ramp_s and random.random() * criticality.ramp_s > ramped:
-            return False  # let back in gradually
-        self.inflight = in_flight + 1
-        return True
+            return True
+        return False
 
     async def admit(self, criticality: Criticality) -> Ticket | None:
         """A ticket, or None: shed (answer 503 at once, nothing else done)."""

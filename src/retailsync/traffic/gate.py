@@ -6,7 +6,9 @@ In order, cheapest first, so that an overload is refused for the least work:
 2. the waiting room of a sale event, if one guards the path (a session kept waiting is not
    load: it is answered before admission);
 3. admission under the adaptive concurrency limit: a refusal is a 503 with Retry-After,
-   written straight to the ASGI channel, with no database or Redis work;
+   written straight to the ASGI channel, with no database or Redis work; a class that never
+   waits for slots is refused earlier still, by ``refusal``, from uvicorn's parser callback
+   before any ASGI call (api/protocol.py);
 4. rate limits per API key and client address (429 with Retry-After);
 
 then the application, and, once it has answered, the admission ticket is given back with its
@@ -15,6 +17,7 @@ latency, which is what moves the concurrency limit.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -38,20 +41,25 @@ def _problem(status: int, slug: str, detail: str, retry_after_s: int, **extra: o
     return msgspec.json.encode(body)
 
 
+def _problem_headers(body: bytes, retry_after_s: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after_s).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+
+
 async def _send_problem(send: Send, status: int, body: bytes, retry_after_s: int) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after_s).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
+    headers = _problem_headers(body, retry_after_s)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _raw_shed_answer(body: bytes) -> bytes:
+    """The whole HTTP/1.1 answer of a shed request, as written to the socket."""
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in _problem_headers(body, 1))
+    return b"HTTP/1.1 503 Service Unavailable\r\n" + head + b"\r\n" + body
 
 
 class TrafficGate:
@@ -76,6 +84,26 @@ class TrafficGate:
             c.name: _problem(503, "overloaded", f"over capacity: {c.name} is shed", 1)
             for c in routes.classes
         }
+        self._raw_shed_answers = {
+            name: _raw_shed_answer(body) for name, body in self._shed_bodies.items()
+        }
+
+    def refusal(self, method: str, path: str) -> bytes | None:
+        """The whole answer to a request shed before the application is called, as soon as
+        its head is parsed (api/protocol.py), or None: on the usual way, through ``__call__``.
+        Only what ``__call__`` would shed at once and the same way: a class that waits for
+        slots, a path a waiting room guards, or admission switched off all go on."""
+        admission = self.admission
+        if admission is None:
+            return None
+        criticality = self.routes.classify(method, path)
+        if criticality is None or (self.room is not None and self.room.guards(path)):
+            return None
+        if not self._admitting() or not admission.shed_at_once(criticality, time.monotonic()):
+            return None
+        if self.recorder is not None:
+            self.recorder.count(criticality.name, shed=True)
+        return self._raw_shed_answers[criticality.name]
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, app: Callable[..., Awaitable[None]]

@@ -259,6 +259,10 @@ class WaitingRoom:
                     float(event.token_ttl_s),
                 )
 
+    def guards(self, path: str) -> bool:
+        """Whether a sale event's waiting room stands in front of the path (active or not)."""
+        return self._routes.match(path) is not None
+
     async def gate(self, scope: Scope) -> Response | None:
         """None: let the request through (adding ``scope[ADMISSION_HEADERS]``, if set, to its
         response). Otherwise the answer to send instead: waiting, sold out or refused."""
