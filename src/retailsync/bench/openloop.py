@@ -149,6 +149,10 @@ class _Run:
             self._send(self.idle.pop(), job)
             return
         self.pending.append(job)
+        self._open_one_if_allowed()
+
+    def _open_one_if_allowed(self) -> None:
+        """Open another connection for what is pending, unless ``limit`` are open already."""
         if self.live < self.limit:
             self.live += 1
             self.result.connections_opened += 1
@@ -187,12 +191,8 @@ class _Run:
         self.live -= 1
         if job is not None:
             self._finish(job, 0)
-        if self.pending and self.live < self.limit:
-            self.live += 1
-            self.result.connections_opened += 1
-            task = asyncio.create_task(self._open())
-            self._opening.add(task)
-            task.add_done_callback(self._opening.discard)
+        if self.pending:
+            self._open_one_if_allowed()
 
     def expire(self, now: float) -> None:
         """Give up what has waited ``timeout_s`` since it was due: queued, or sent."""
