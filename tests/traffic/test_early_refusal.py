@@ -150,3 +150,46 @@ async def test_classes_that_wait_for_slots_and_unmanaged_routes_are_never_refuse
         assert gate.refusal("POST", "/v1/orders") is None  # checkout waits for a slot
         assert gate.refusal("GET", "/healthz") is None  # operations: never managed
     assert gate.refusal("GET", "/v1/products") is None  # not busy: let in
+
+
+async def test_a_head_in_two_writes_and_a_get_with_a_body_are_refused_and_the_connection_goes_on(
+    served: Served,
+) -> None:
+    """Requests the whole-request check leaves to the parser are refused by it just the same:
+    a head split over two packets, and a GET whose body must be read past, not as a request."""
+    with_body = b"GET /v1/products HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nGET /"
+    async with _connection(served.port) as ask:
+        with busy(served.gate):
+            assert await ask(b"GET /v1/products HTTP/1.1\r\nHo", 0) == []
+            [first] = await ask(b"st: t\r\n\r\n", 1)
+            [second, healthy] = await ask(with_body + _get("/healthz"), 2)
+    assert (first[0], second[0], healthy[0]) == (503, 503, 200)
+    assert served.asgi_calls == ["/healthz"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused_early"),
+    [
+        ("Connection: keep-alive\r\n", True),
+        ("Connection: close\r\n", False),
+        ("Connection: keep-alive\r\nConnection: close\r\n", False),
+        ("Upgrade: websocket\r\nConnection: Upgrade\r\n", False),
+    ],
+)
+async def test_only_a_connection_kept_alive_is_refused_before_the_application(
+    served: Served, extra: str, refused_early: bool
+) -> None:
+    raw = f"GET /v1/products HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+    with busy(served.gate):
+        [(status, headers, _)] = await _answers(served.port, raw, 1)
+    assert status == 503  # shed either way: by the protocol, or by the gate through ASGI
+    assert served.asgi_calls == ([] if refused_early else ["/v1/products"])
+    assert (headers.get("connection") == "close") == ("close" in extra)
+
+
+async def test_http_1_0_and_encoded_paths_go_the_usual_way(served: Served) -> None:
+    with busy(served.gate):
+        old = await _answers(served.port, b"GET /v1/products HTTP/1.0\r\nHost: t\r\n\r\n", 1)
+        encoded = await _answers(served.port, _get("/v1/product%73"), 1)
+    assert [old[0][0], encoded[0][0]] == [503, 503]
+    assert served.asgi_calls == ["/v1/products", "/v1/products"]

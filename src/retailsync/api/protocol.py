@@ -38,27 +38,94 @@ _ANSWERED_EARLY = _AnsweredEarly()
 
 
 class EarlyRefusalProtocol(HttpToolsProtocol):
+    _in_message = False  # the parser has begun a request and not finished it
+
+    def data_received(self, data: bytes) -> None:
+        answer = None if self._in_message else self._whole_request_refusal(data)
+        if answer is None:
+            super().data_received(data)
+            return
+        self._answer_early(answer)
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        super().on_message_complete()
+
     def on_headers_complete(self) -> None:
-        answer = self._early_refusal()
+        answer = self._parsed_request_refusal()
         if answer is None:
             super().on_headers_complete()
             return
+        self._answer_early(answer)
+
+    def _answer_early(self, answer: bytes) -> None:
         self.transport.write(answer)
         self.cycle = _ANSWERED_EARLY  # type: ignore[assignment]
-        self.on_response_complete()  # counts it, arms the keep-alive timeout
+        self.on_response_complete()  # counts it, re-arms the keep-alive timeout
 
-    def _early_refusal(self) -> bytes | None:
-        refusal: Refusal | None = self.app_state.get(EARLY_REFUSAL)
-        if refusal is None:
-            return None
+    def _refusal(self) -> Refusal | None:
+        """The gate's decision, if this connection may be answered early now."""
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # pipelined behind an unanswered request: answers keep their order
+        return self.app_state.get(EARLY_REFUSAL)
+
+    def _whole_request_refusal(self, data: bytes) -> bytes | None:
+        """The refusal of a request that ``data`` holds whole, decided before the parser sees
+        it. At ten times capacity most requests are refused, and httptools' Python callbacks
+        (one per header, then uvicorn's scope) were most of what a refusal cost. Only the
+        plainest request qualifies: one GET, HTTP/1.1, every line ending in CRLF, the head
+        ending with the data, no header that could give it a body, end the connection or
+        change the protocol; anything else, or anything unsure, goes to the parser."""
+        if not data.startswith(b"GET ") or not data.endswith(b"\r\n\r\n"):
+            return None
+        if data.find(b"\r\n\r\n") != len(data) - 4 or data.count(b"\n") != data.count(b"\r\n"):
+            return None  # more than one request, or a line the parser may split otherwise
+        refusal = self._refusal()
+        if refusal is None:
+            return None
+        line_end = data.find(b"\r\n")
+        parts = data[:line_end].split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
+            return None
+        headers = data[line_end:].lower()
+        if any(name in headers for name in _HEADERS_FOR_THE_PARSER):
+            return None
+        if b"connection" in headers and not _keeps_alive(headers):
+            return None
+        path = parts[1].split(b"?", 1)[0]
+        if b"%" in path or not path.isascii():
+            return None  # decoded by uvicorn, the way the application sees it
+        return refusal("GET", self.root_path + path.decode())
+
+    def _parsed_request_refusal(self) -> bytes | None:
         parser = self.parser
         if parser.should_upgrade() or not parser.should_keep_alive():
             return None  # upgrades and closing connections: uvicorn's own handling
         if parser.get_http_version() != "1.1":
             return None
+        refusal = self._refusal()
+        if refusal is None:
+            return None
         path = httptools.parse_url(self.url).path
         if b"%" in path or not path.isascii():
-            return None  # decoded by uvicorn, the way the application sees it
+            return None
         return refusal(parser.get_method().decode("ascii"), self.root_path + path.decode())
+
+
+# Headers that may give a GET a body, change the protocol or ask for an interim answer.
+_HEADERS_FOR_THE_PARSER = (b"content-length", b"transfer-encoding", b"upgrade", b"expect")
+
+
+def _keeps_alive(headers: bytes) -> bool:
+    """Whether the (lowercased) headers' one Connection header says only keep-alive."""
+    if headers.count(b"connection") != 1:
+        return False
+    at = headers.find(b"\r\nconnection:")
+    if at < 0:
+        return False
+    start = at + len(b"\r\nconnection:")
+    return headers[start : headers.index(b"\r\n", start)].strip() == b"keep-alive"

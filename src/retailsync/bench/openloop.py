@@ -30,11 +30,12 @@ class ClassResult:
     offered: int = 0
     statuses: dict[int, int] = field(default_factory=dict)  # 0: no answer (reset, timeout)
     good_latencies: list[float] = field(default_factory=list)  # from the intended send time
+    send_waits: list[float] = field(default_factory=list)  # due until written: no connection
 
     def report(self, seconds: float, good: Callable[[int], bool]) -> dict[str, object]:
         goodput = sum(n for status, n in self.statuses.items() if good(status))
         shed = sum(n for status, n in self.statuses.items() if status in (429, 503))
-        latencies = self.good_latencies
+        latencies, waits = self.good_latencies, self.send_waits
         return {
             "offered": self.offered,
             "offered_per_s": round(self.offered / seconds, 1),
@@ -46,6 +47,7 @@ class ClassResult:
             "p50_ms": round(percentile(latencies, 0.50) * 1000, 2) if latencies else None,
             "p99_ms": round(percentile(latencies, 0.99) * 1000, 2) if latencies else None,
             "p999_ms": round(percentile(latencies, 0.999) * 1000, 2) if latencies else None,
+            "send_wait_p99_ms": round(percentile(waits, 0.99) * 1000, 2) if waits else None,
             "statuses": {str(status): n for status, n in sorted(self.statuses.items())},
         }
 
@@ -177,6 +179,7 @@ class _Run:
 
     def _send(self, connection: _Connection, job: _Job) -> None:
         self.busy.add(connection)
+        self.result.classes[job.name].send_waits.append(time.perf_counter() - job.intended)
         connection.send(job)
 
     def answered(self, connection: _Connection, job: _Job, status: int) -> None:
