@@ -96,10 +96,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             return None
         if b"connection" in headers and not _keeps_alive(headers):
             return None
-        path = parts[1].split(b"?", 1)[0]
-        if b"%" in path or not path.isascii():
-            return None  # decoded by uvicorn, the way the application sees it
-        return refusal("GET", self.root_path + path.decode())
+        return self._refusal_of_path(refusal, "GET", parts[1].split(b"?", 1)[0])
 
     def _parsed_request_refusal(self) -> bytes | None:
         parser = self.parser
@@ -110,10 +107,13 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         refusal = self._refusal()
         if refusal is None:
             return None
-        path = httptools.parse_url(self.url).path
+        method = parser.get_method().decode("ascii")
+        return self._refusal_of_path(refusal, method, httptools.parse_url(self.url).path)
+
+    def _refusal_of_path(self, refusal: Refusal, method: str, path: bytes) -> bytes | None:
         if b"%" in path or not path.isascii():
-            return None
-        return refusal(parser.get_method().decode("ascii"), self.root_path + path.decode())
+            return None  # decoded by uvicorn, the way the application sees it
+        return refusal(method, self.root_path + path.decode())
 
 
 # Headers that may give a GET a body, change the protocol or ask for an interim answer.
