@@ -1,7 +1,7 @@
 """The open-model load generator against a small real HTTP server whose answers the test
 controls: every request is offered at its time, latency counts from that time (coordinated
-omission corrected), answers split across packets are read whole, and a request with no
-answer is given up after the timeout."""
+omission corrected), answers split across packets are read whole, connections opened before
+the clock are used, and a request with no answer is given up after the timeout."""
 
 from __future__ import annotations
 
@@ -63,6 +63,19 @@ async def test_every_request_is_offered_and_answered(server: tuple[int, list[Ans
     assert outcome.statuses == {200: 200}
     assert len(outcome.good_latencies) == 200
     assert result.connections_opened < 50
+
+
+async def test_connections_opened_before_the_clock_are_used_first(
+    server: tuple[int, list[Answer]],
+) -> None:
+    port, _ = server
+    result = await open_loop(
+        "127.0.0.1", port, rate=400, seconds=0.5, request=_requests(), good=_good, preopen=450
+    )
+    outcome = result.classes["a"]
+    assert outcome.statuses == {200: 200}
+    assert result.connections_opened == 450  # every request found one idle: none opened after
+    assert max(outcome.send_waits) < 0.05  # and none waited for a connect
 
 
 async def test_latency_counts_from_the_intended_send_time(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retailsync.errors import ConfigError
-from retailsync.traffic.admission import AdaptiveLimit, Admission, Ticket
+from retailsync.traffic.admission import HIGHER_PRESSED_HOLD_S, AdaptiveLimit, Admission, Ticket
 from retailsync.traffic.classes import load_route_table
 
 ROUTES = load_route_table("", "")
@@ -69,6 +70,8 @@ class TestRouteTable:
              "RETAILSYNC_TRAFFIC_CLASSES", "release < trigger"),
             ('[{"name": "A"}]', "", "RETAILSYNC_TRAFFIC_CLASSES", "lowercase"),
             ('[{"name": "a", "colour": 1}]', "", "RETAILSYNC_TRAFFIC_CLASSES", "colour"),
+            ('[{"name": "a", "objective_ms": -1}]', "", "RETAILSYNC_TRAFFIC_CLASSES",
+             "objective_ms"),
             ("", '[{"path": "^/x", "class": "vip"}]', "RETAILSYNC_TRAFFIC_ROUTES", "unknown class"),
             ("", '[{"path": "(", "class": "cart"}]', "RETAILSYNC_TRAFFIC_ROUTES", "route"),
             ("", '[{"path": "^/x", "class": "cart", "method": "get it"}]',
@@ -130,17 +133,49 @@ class TestThresholds:
         share = admitted / 4000
         assert 0.4 < share < 0.6
 
-    def test_lower_classes_are_shed_for_a_second_after_a_higher_one_was(self) -> None:
+    def test_lower_classes_are_shed_for_the_hold_after_a_higher_one_was(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
         admission.note_pressed(CART.rank, time.monotonic())
         now = time.monotonic()
         assert admission.try_admit(CHECKOUT, now)
         assert not admission.try_admit(BROWSE, now)
-        assert admission.try_admit(BROWSE, now + 1.01)
+        assert not admission.try_admit(BROWSE, now + HIGHER_PRESSED_HOLD_S * 0.9)
+        assert admission.try_admit(BROWSE, now + HIGHER_PRESSED_HOLD_S + BROWSE.ramp_s)
+
+    def test_after_the_hold_lower_classes_come_back_over_their_ramp(self) -> None:
+        admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
+        pressed = time.monotonic()
+        admission.note_pressed(CHECKOUT.rank, pressed)
+        halfway = pressed + HIGHER_PRESSED_HOLD_S + CART.ramp_s / 2
+        admitted = 0
+        for _ in range(4000):
+            admission.inflight = 0
+            admitted += admission.try_admit(CART, halfway)
+        assert 0.4 < admitted / 4000 < 0.6
+
+    def test_a_class_past_its_latency_objective_presses_the_classes_below(self) -> None:
+        admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
+        now = time.monotonic()
+        assert admission.try_admit(CHECKOUT, now)
+        admission.done(Ticket(CHECKOUT.rank, now - CHECKOUT.objective_s * 0.5))  # within it
+        now = time.monotonic()
+        assert admission.try_admit(CART, now)
+        assert admission.try_admit(BROWSE, now)
+        admission.inflight = 1
+        admission.done(Ticket(CHECKOUT.rank, now - CHECKOUT.objective_s * 30))  # far past
+        now = time.monotonic()
+        assert admission.try_admit(CHECKOUT, now)
+        assert not admission.try_admit(CART, now)
+        assert not admission.try_admit(BROWSE, now)
+        assert admission.shed_at_once(CART, now)  # refused before its request is parsed
+
+    def test_objectives_are_configured_per_class(self) -> None:
+        table = load_route_table('[{"name": "checkout", "objective_ms": 80}, {"name": "b"}]', "")
+        assert [c.objective_s for c in table.classes] == [0.08, math.inf]
 
 
 class TestQueue:
-    async def test_a_wait_keeps_the_lower_classes_out_for_the_hold_second(self) -> None:
+    async def test_a_wait_keeps_the_lower_classes_out_for_the_hold(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=10, minimum=10))
         tickets = fill(admission, 10)
         waiting = asyncio.create_task(admission.admit(CHECKOUT))
@@ -151,7 +186,7 @@ class TestQueue:
         assert admission.inflight < BROWSE.trigger * admission.limit.limit  # room by share
         now = time.monotonic()
         assert not admission.try_admit(BROWSE, now)  # but a checkout waited a moment ago
-        assert admission.try_admit(BROWSE, now + 1.01)
+        assert admission.try_admit(BROWSE, now + HIGHER_PRESSED_HOLD_S + BROWSE.ramp_s)
 
     async def test_checkout_waits_for_a_slot_and_gets_the_first_one_freed(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=4))
@@ -172,6 +207,14 @@ class TestQueue:
         assert await admission.admit(CHECKOUT) is None
         assert CHECKOUT.queue_s <= time.monotonic() - started < CHECKOUT.queue_s + 0.2
         assert admission.inflight == 4
+
+    async def test_a_class_its_ramp_turns_away_is_shed_without_waiting(self) -> None:
+        admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
+        admission.note_pressed(CHECKOUT.rank, time.monotonic() - HIGHER_PRESSED_HOLD_S)
+        started = time.monotonic()  # the hold is over; cart's ramp has only just begun
+        refused = [await admission.admit(CART) for _ in range(20)]
+        assert refused.count(None) >= 15
+        assert time.monotonic() - started < CART.queue_s  # not one of them waited
 
 
 class TestAdaptiveLimit:
@@ -256,11 +299,12 @@ async def test_an_overload_sheds_browse_and_keeps_checkout() -> None:
     # The overload brought the limit down from where it started (100), not to nothing.
     assert admission.limit.minimum <= admission.limit.limit < 100
     # Never a checkout shed while browsing was let in: after any checkout shed, no browse
-    # admitted for the hold second.
+    # admitted for the hold.
     for shed_at, outcome in outcomes["checkout"]:
         if outcome == "shed":
             assert not any(
-                shed_at < at < shed_at + 1.0 and o == "admitted" for at, o in outcomes["browse"]
+                shed_at < at < shed_at + HIGHER_PRESSED_HOLD_S and o == "admitted"
+                for at, o in outcomes["browse"]
             )
 
 
@@ -277,8 +321,9 @@ def test_random_histories_keep_the_class_order(steps: list[tuple[int, float, boo
     first past the early refusal (``shed_at_once``, as uvicorn's protocol asks it). The
     checker: a class is admitted only under its share of the limit; after a more critical
     class that queues (checkout, cart) was shed, no less critical one is admitted within the
-    hold second; an early refusal is only ever of a class that does not queue, and admission
-    would have refused it too; in-flight never goes below zero."""
+    hold; an early refusal of a class that queues comes only within the hold of a more
+    critical one's shed, and admission would have refused it too; in-flight never goes below
+    zero."""
     admission = Admission(ROUTES.classes, AdaptiveLimit(initial=6, minimum=4, maximum=12))
     now = 0.0
     last_shed = [-1e9] * len(ROUTES.classes)
@@ -289,11 +334,13 @@ def test_random_histories_keep_the_class_order(steps: list[tuple[int, float, boo
         before = admission.inflight
         limit = admission.limit.limit
         if early and admission.shed_at_once(criticality, now):
-            assert criticality.queue_s == 0
+            if criticality.queue_s > 0:
+                assert any(at > now - HIGHER_PRESSED_HOLD_S for at in last_shed[:rank])
+                last_shed[rank] = now  # as admit() records it
             assert not admission.try_admit(criticality, now)
         elif admission.try_admit(criticality, now):
             assert before < criticality.trigger * limit
-            assert all(at <= now - 1.0 for at in last_shed[:rank])
+            assert all(at <= now - HIGHER_PRESSED_HOLD_S for at in last_shed[:rank])
             held.append(Ticket(rank, now))
         elif criticality.queue_s > 0:  # as admit() records it, after the wait
             last_shed[rank] = now

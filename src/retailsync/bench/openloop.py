@@ -16,12 +16,14 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from retailsync.bench.loadgen import HEAD_END as _HEAD_END
 from retailsync.bench.loadgen import LENGTH as _LENGTH
 from retailsync.bench.stats import percentile
 
 _SWEEP_S = 0.05  # how often requests past their timeout are looked for
+_PREOPEN_BATCH = 200  # connections opened at once before a run: the listen backlog's share
 _TICK_S = 0.001  # the sender wakes at most this often, and sends everything then due
 
 
@@ -84,8 +86,8 @@ class _Connection(asyncio.Protocol):
         self._length = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A TCP transport (uvloop's is not a subclass of asyncio's: no isinstance check).
+        self.transport = cast(asyncio.Transport, transport)
         self.run.ready(self)
 
     def send(self, job: _Job) -> None:
@@ -152,6 +154,14 @@ class _Run:
             return
         self.pending.append(job)
         self._open_one_if_allowed()
+
+    async def preopen(self, count: int) -> None:
+        """Open ``count`` idle connections before the clock starts, a batch at a time."""
+        for start in range(0, count, _PREOPEN_BATCH):
+            batch = min(_PREOPEN_BATCH, count - start)
+            self.live += batch
+            self.result.connections_opened += batch
+            await asyncio.gather(*[self._open() for _ in range(batch)])
 
     def _open_one_if_allowed(self) -> None:
         """Open another connection for what is pending, unless ``limit`` are open already."""
@@ -229,12 +239,14 @@ async def open_loop(
     request: Callable[[], tuple[str, bytes]],
     good: Callable[[str, int], bool],
     max_connections: int = 4000,
+    preopen: int = 0,
     timeout_s: float = 10.0,
 ) -> OpenLoopResult:
     """Send ``request()`` (its class and bytes) ``rate`` times a second for ``seconds``."""
     result = OpenLoopResult(rate, seconds, {})
     total = int(rate * seconds)
     run = _Run(host, port, max_connections, timeout_s, total, good, result)
+    await run.preopen(min(preopen, max_connections))
     start = swept = time.perf_counter()
     sent = 0
     try:

@@ -17,14 +17,17 @@ because the loop is shared, not because the limit is too high, and shrinking the
 that only sheds requests that would have been served.
 
 Each class may use up to its ``trigger`` share of the limit (see classes.py), so the lower
-classes are shed first and can never take what is kept for the higher ones; and while a
-more critical class that waits for slots (checkout, cart) has had to shed a request in the
-last second, or has had to wait for one, every less critical one is shed too, so checkout is
-never refused while browsing is still let in, and the slots that free up while checkouts wait
-are theirs. A class that
-triggered stays shed until in-flight falls under its ``release`` share, then is let back in
-gradually over ``ramp_s``. Classes with a ``queue_ms`` wait that long for a slot, the most
-critical first, before they are shed.
+classes are shed first and can never take what is kept for the higher ones. A more critical
+class is *pressed* when one of its requests had to wait for a slot or was shed (classes that
+wait: checkout, cart), or when its smoothed latency is past its ``objective_ms``; for
+``HIGHER_PRESSED_HOLD_S`` after that every less critical class is shed, then let back in
+gradually over its ``ramp_s``. So checkout is never refused while browsing is still let in,
+the slots that free up while checkouts wait are theirs, and a checkout slowed by the work of
+the classes below (at 10x capacity the event loop, not the limit, is what it waits for) gets
+that work out of its way. A class that triggered stays shed until in-flight falls under its
+``release`` share, then is let back in gradually over ``ramp_s`` too. Classes with a
+``queue_ms`` wait that long for a slot, the most critical first, before they are shed; one
+that a ramp turned away does not wait.
 
 Deciding costs a few dictionary and float operations and no I/O (measured by
 ``retailsync bench overload``: ``admission_decision_p99_us``).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import math
 import random
 import time
@@ -44,7 +48,10 @@ from retailsync.traffic import metrics
 from retailsync.traffic.classes import Criticality
 
 _EMA = 0.05  # weight of one sample in a class's smoothed latency
-_HIGHER_PRESSED_HOLD_S = 1.0  # a less critical class stays shed this long after a higher shed
+# A less critical class stays shed this long after a more critical one was pressed (then its
+# ramp): held a whole second, the classes below came back all at once and pressed checkout
+# again, so admission swung every second at 10x capacity.
+HIGHER_PRESSED_HOLD_S = 0.25
 
 
 @dataclass(slots=True)
@@ -91,22 +98,31 @@ class AdaptiveLimit:
         self._latency: dict[int, _Latency] = collections.defaultdict(_Latency)
         self._window_ends = time.monotonic() + window_s
 
-    def sample(self, rank: int, seconds: float, inflight: int, now: float) -> None:
+    def sample(self, rank: int, seconds: float, inflight: int, now: float) -> float:
+        """Learn from one answered request; its class's smoothed latency, seconds."""
         if now >= self._window_ends:
             for latency in self._latency.values():
                 latency.roll()
             self._window_ends = now + self.window_s
         latency = self._latency[rank]
         latency.add(seconds)
-        if latency.smoothed <= 0.0:
-            return
+        smoothed = latency.smoothed
+        if smoothed <= 0.0:
+            return smoothed
         acceptable = max(self.tolerance * latency.minimum, self.slack_s)
-        gradient = min(1.0, max(0.5, acceptable / latency.smoothed))
+        gradient = min(1.0, max(0.5, acceptable / smoothed))
         if gradient == 1.0 and inflight < self.limit / 2:
-            return  # not limited by the limit: nothing learnt about it
+            return smoothed  # not limited by the limit: nothing learnt about it
         target = self.limit * gradient + math.sqrt(self.limit)
         limit = (1 - self.smoothing) * self.limit + self.smoothing * target
         self.limit = min(self.maximum, max(self.minimum, limit))
+        return smoothed
+
+
+class _Decision(enum.Enum):
+    ADMITTED = 1
+    FULL = 2  # past its share, or shed for a more critical class
+    RAMPING = 3  # turned away by a gradual release
 
 
 @dataclass(slots=True)
@@ -147,23 +163,36 @@ class Admission:
 
     def try_admit(self, criticality: Criticality, now: float) -> bool:
         """Admit at once if the class may have a slot now (no waiting)."""
+        return self._decide(criticality, now) is _Decision.ADMITTED
+
+    def _decide(self, criticality: Criticality, now: float) -> _Decision:
         if self._over_share(criticality, now):
-            return False
-        state = self._state[criticality.rank]
-        ramped = now - state.released_at
+            return _Decision.FULL
+        rank = criticality.rank
+        # Let back in gradually after a release, and after a more critical class's pressure.
+        ramped = now - max(
+            self._state[rank].released_at, self._pressed_above[rank] + HIGHER_PRESSED_HOLD_S
+        )
         if ramped < criticality.ramp_s and random.random() * criticality.ramp_s > ramped:
-            return False  # let back in gradually
+            return _Decision.RAMPING
         self.inflight += 1
-        return True
+        return _Decision.ADMITTED
 
     def shed_at_once(self, criticality: Criticality, now: float) -> bool:
-        """Whether a request of a class that never waits is refused now whatever else it
-        carries, counted as shed if so: the one check a refusal answered as soon as the
-        request's head is parsed may make (api/protocol.py). It leaves the random part of a
-        gradual release to ``admit``, which the requests it lets pass still go through."""
-        if criticality.queue_s > 0 or not self._over_share(criticality, now):
+        """Whether a request is refused now whatever else it carries, counted as shed if so:
+        the one check a refusal answered as soon as the request's head is parsed may make
+        (api/protocol.py). A class that waits for slots is refused here only while a more
+        critical one is pressed (``admit`` would not let it wait then either). It leaves the
+        random part of a gradual release to ``admit``, which the requests it lets pass still
+        go through."""
+        rank = criticality.rank
+        if criticality.queue_s > 0:
+            if not self._higher_pressed_since(rank, now - HIGHER_PRESSED_HOLD_S):
+                return False
+            self.note_pressed(rank, now)  # as ``admit`` does for a shed request of the class
+        elif not self._over_share(criticality, now):
             return False
-        self._counters[criticality.rank]["shed"].inc()
+        self._counters[rank]["shed"].inc()
         return True
 
     def _over_share(self, criticality: Criticality, now: float) -> bool:
@@ -172,7 +201,7 @@ class Admission:
         state = self._state[rank]
         in_flight = self.inflight
         limit = self.limit.limit
-        if self._higher_pressed_since(rank, now - _HIGHER_PRESSED_HOLD_S):
+        if self._higher_pressed_since(rank, now - HIGHER_PRESSED_HOLD_S):
             return True
         if state.shedding:
             if in_flight >= criticality.release * limit:
@@ -189,11 +218,14 @@ class Admission:
         """A ticket, or None: shed (answer 503 at once, nothing else done)."""
         now = time.monotonic()
         counters = self._counters[criticality.rank]
-        if self.try_admit(criticality, now):
+        decision = self._decide(criticality, now)
+        if decision is _Decision.ADMITTED:
             counters["admitted"].inc()
             return Ticket(criticality.rank, now)
-        if criticality.queue_s > 0 and not self._higher_pressed_since(
-            criticality.rank, now - _HIGHER_PRESSED_HOLD_S
+        if (
+            decision is _Decision.FULL  # not one a ramp turned away: it would wait for a slot
+            and criticality.queue_s > 0
+            and not self._higher_pressed_since(criticality.rank, now - HIGHER_PRESSED_HOLD_S)
         ):
             # Having to wait is pressure too: the classes below yield from now on, so what
             # frees up goes to the waiters rather than to the next browse request.
@@ -234,7 +266,10 @@ class Admission:
 
     def done(self, ticket: Ticket) -> None:
         now = time.monotonic()
-        self.limit.sample(ticket.rank, now - ticket.started, self.inflight, now)
+        rank = ticket.rank
+        smoothed = self.limit.sample(rank, now - ticket.started, self.inflight, now)
+        if smoothed > self.classes[rank].objective_s:
+            self.note_pressed(rank, now)
         self.inflight -= 1
         self._hand_over()
 
@@ -242,7 +277,7 @@ class Admission:
         """Give free slots to waiting requests, the most critical class first."""
         if self._waiting == 0:
             return
-        since = time.monotonic() - _HIGHER_PRESSED_HOLD_S
+        since = time.monotonic() - HIGHER_PRESSED_HOLD_S
         for criticality, state in zip(self.classes, self._state, strict=True):
             if state.waiters and self._higher_pressed_since(criticality.rank, since):
                 return  # the classes above were refused a moment ago: they come first
@@ -253,8 +288,8 @@ class Admission:
                     waiter.set_result(None)
 
     def note_pressed(self, rank: int, at: float) -> None:
-        """A class that waits for slots had to wait, or shed a request (only those classes
-        record it: for the others the thresholds keep the order)."""
+        """A class that waits for slots had to wait or shed a request, or a class was past its
+        latency objective (for the others the thresholds keep the order)."""
         pressed_above = self._pressed_above
         for below in range(rank + 1, len(pressed_above)):
             pressed_above[below] = max(pressed_above[below], at)

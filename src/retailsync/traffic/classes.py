@@ -10,7 +10,11 @@ may wait for a slot. Classes are listed from the most critical down; each has
   admitted again (hysteresis: a class at its threshold does not flap);
 - ``ramp_s``: once released, the share of the class admitted grows linearly from nothing to
   all of it over this long, so that returning traffic does not overload the worker again;
-- ``queue_ms``: how long a request of the class may wait for a slot before it is shed.
+- ``queue_ms``: how long a request of the class may wait for a slot before it is shed;
+- ``objective_ms``: the class's latency objective (0: none). While its smoothed latency is
+  past it, the class counts as pressed, as when it has to wait: every less critical class is
+  shed. Waiting for a slot comes late: on a worker whose event loop is the bottleneck, a
+  checkout is slow long before the concurrency limit makes it wait.
 
 Both tables are data, overridden by two JSON settings and documented in the README:
 
@@ -24,6 +28,7 @@ admin) are never managed.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,6 +46,7 @@ class ClassSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     release: float | None = None
     ramp_s: float = 1.0
     queue_ms: float = 0.0
+    objective_ms: float = 0.0
 
 
 class RouteSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"cls": "class"}):
@@ -57,10 +63,11 @@ class Criticality:
     release: float
     ramp_s: float
     queue_s: float
+    objective_s: float  # math.inf: no objective
 
 
 DEFAULT_CLASSES = (
-    ClassSpec("checkout", trigger=1.0, release=0.9, ramp_s=0.0, queue_ms=400),
+    ClassSpec("checkout", trigger=1.0, release=0.9, ramp_s=0.0, queue_ms=400, objective_ms=150),
     ClassSpec("cart", trigger=0.9, release=0.8, queue_ms=100),
     ClassSpec("product", trigger=0.75, release=0.65),
     ClassSpec("browse", trigger=0.6, release=0.5),
@@ -106,8 +113,13 @@ def _classes(specs: tuple[ClassSpec, ...] | list[ClassSpec]) -> tuple[Criticalit
             raise ValueError(f"{spec.name}: a trigger may not exceed the class above it")
         if not 0 <= spec.ramp_s <= 600 or not 0 <= spec.queue_ms <= 10_000:
             raise ValueError(f"{spec.name}: ramp_s in [0, 600], queue_ms in [0, 10000]")
+        if not 0 <= spec.objective_ms <= 60_000:
+            raise ValueError(f"{spec.name}: objective_ms in [0, 60000]")
+        objective_s = spec.objective_ms / 1000 if spec.objective_ms else math.inf
         built.append(
-            Criticality(spec.name, rank, trigger, release, spec.ramp_s, spec.queue_ms / 1000)
+            Criticality(
+                spec.name, rank, trigger, release, spec.ramp_s, spec.queue_ms / 1000, objective_s
+            )
         )
     return tuple(built)
 
