@@ -44,9 +44,8 @@ class OverloadPlan:
 
 QUICK = OverloadPlan(products=1000, capacity_seconds=3, level_seconds=4)
 FULL = OverloadPlan(products=5000, capacity_seconds=8, level_seconds=10)
-# Connections open before each level's clock starts: at 10x, thousands opened in its first
-# second overflowed the listen backlog, and the retried SYNs (a second each) were most of
-# checkout's p99. An origin server behind a load balancer or CDN sees pooled connections.
+# Connections open before each level's clock starts (see openloop.py): at 10x, opened as
+# requests came due, the retried SYNs were most of checkout's p99.
 PREOPEN = 2000
 MIX = (("browse", 60), ("product", 30), ("cart", 8), ("checkout", 2))
 _REGION = "eu"
