@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -24,6 +25,10 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.3g}" if value < 10 else f"{value:,.1f}"
     return str(value)
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
 
 
 def print_crdt(report: dict[str, Any], console: Console) -> None:
@@ -200,17 +205,23 @@ def print_overload(report: dict[str, Any], console: Console) -> None:
         f"admission decision p99 {report['admission_decision_p99_us']} us"
     )
     for level, modes in report["levels"].items():
-        table = Table(title=f"{level} capacity offered ({modes['off']['offered_per_s']:,}/s)")
-        for column in ("management", "class", "offered/s", "goodput", "shed", "errors",
-                       "p50 ms", "p99 ms", "p99.9 ms"):  # fmt: skip
+        # No borders, short heads, whole milliseconds: nine columns fit 80 characters uncut.
+        table = Table(
+            title=f"{level} capacity offered ({modes['off']['offered_per_s']:,}/s); latency ms",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+        )
+        for column in ("mode", "class", "offered/s", "goodput", "shed", "errors",
+                       "p50", "p99", "p99.9"):  # fmt: skip
             table.add_column(
-                column, justify="left" if column in ("management", "class") else "right"
+                column, justify="left" if column in ("mode", "class") else "right", no_wrap=True
             )
         for mode in ("on", "off"):
             for name, c in modes[mode]["classes"].items():
                 table.add_row(
-                    mode, name, _cell(c["offered_per_s"]), _cell(c["goodput_ratio"]),
-                    _cell(c["shed_ratio"]), _cell(c["errors"]), _cell(c["p50_ms"]),
-                    _cell(c["p99_ms"]), _cell(c["p999_ms"]),
+                    mode, name, f"{c['offered_per_s']:,.0f}", _cell(c["goodput_ratio"]),
+                    _cell(c["shed_ratio"]), _cell(c["errors"]), _ms(c["p50_ms"]),
+                    _ms(c["p99_ms"]), _ms(c["p999_ms"]),
                 )  # fmt: skip
         console.print(table)
