@@ -155,19 +155,28 @@ class TestThresholds:
 
     def test_a_class_past_its_latency_objective_presses_the_classes_below(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
+        tickets = fill(admission, 20)  # a busy worker
         now = time.monotonic()
-        assert admission.try_admit(CHECKOUT, now)
         admission.done(Ticket(CHECKOUT.rank, now - CHECKOUT.objective_s * 0.5))  # within it
         now = time.monotonic()
         assert admission.try_admit(CART, now)
         assert admission.try_admit(BROWSE, now)
-        admission.inflight = 1
         admission.done(Ticket(CHECKOUT.rank, now - CHECKOUT.objective_s * 30))  # far past
         now = time.monotonic()
         assert admission.try_admit(CHECKOUT, now)
         assert not admission.try_admit(CART, now)
         assert not admission.try_admit(BROWSE, now)
         assert admission.shed_at_once(CART, now)  # refused before its request is parsed
+        del tickets
+
+    def test_a_slow_request_on_a_quiet_worker_presses_nothing(self) -> None:
+        admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
+        now = time.monotonic()
+        assert admission.try_admit(CHECKOUT, now)  # the only request in flight
+        admission.done(Ticket(CHECKOUT.rank, now - CHECKOUT.objective_s * 30))
+        now = time.monotonic()
+        assert admission.try_admit(CART, now)
+        assert admission.try_admit(BROWSE, now)
 
     def test_objectives_are_configured_per_class(self) -> None:
         table = load_route_table('[{"name": "checkout", "objective_ms": 80}, {"name": "b"}]', "")

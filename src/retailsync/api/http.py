@@ -87,6 +87,8 @@ class Reply:
     status_code: int = 200
     version: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # The transaction's id, if the work read it already (saves ``write`` its round trip).
+    transaction_id: str | None = None
 
 
 async def write(
@@ -121,7 +123,7 @@ async def write(
                     await idempotency.record(conn, principal.key_id, key, answer)
                 # Read-your-writes: a cached read presenting the transaction's id waits
                 # until its changes reached that worker's cache (or reads through).
-                token = await conn.fetchval(_TRANSACTION_ID)
+                token = reply.transaction_id or await conn.fetchval(_TRANSACTION_ID)
             response.headers["Consistency-Token"] = token
             return response
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):

@@ -19,9 +19,9 @@ that only sheds requests that would have been served.
 Each class may use up to its ``trigger`` share of the limit (see classes.py), so the lower
 classes are shed first and can never take what is kept for the higher ones. A more critical
 class is *pressed* when one of its requests had to wait for a slot or was shed (classes that
-wait: checkout, cart), or when its smoothed latency is past its ``objective_ms``; for
-``HIGHER_PRESSED_HOLD_S`` after that every less critical class is shed, then let back in
-gradually over its ``ramp_s``. So checkout is never refused while browsing is still let in,
+wait: checkout, cart), or when its smoothed latency is past its ``objective_ms`` on a busy
+worker; for ``HIGHER_PRESSED_HOLD_S`` after that every less critical class is shed, then let
+back in gradually over its ``ramp_s``. So checkout is never refused while browsing is still let in,
 the slots that free up while checkouts wait are theirs, and a checkout slowed by the work of
 the classes below (at 10x capacity the event loop, not the limit, is what it waits for) gets
 that work out of its way. A class that triggered stays shed until in-flight falls under its
@@ -48,6 +48,11 @@ from retailsync.traffic import metrics
 from retailsync.traffic.classes import Criticality
 
 _EMA = 0.05  # weight of one sample in a class's smoothed latency
+# A class past its latency objective presses the ones below only with this many requests in
+# flight (its own included), the limit's own floor: with fewer, a slow checkout is slow for
+# reasons shedding cannot help (a cold cache, a slow disk, a busy test machine), and shedding
+# there refuses work for nothing. At 10x capacity a checkout past 150 ms means about twenty.
+_OBJECTIVE_BUSY = 16
 # A less critical class stays shed this long after a more critical one was pressed (then its
 # ramp): held a whole second, the classes below came back all at once and pressed checkout
 # again, so admission swung every second at 10x capacity.
@@ -268,7 +273,7 @@ class Admission:
         now = time.monotonic()
         rank = ticket.rank
         smoothed = self.limit.sample(rank, now - ticket.started, self.inflight, now)
-        if smoothed > self.classes[rank].objective_s:
+        if smoothed > self.classes[rank].objective_s and self.inflight >= _OBJECTIVE_BUSY:
             self.note_pressed(rank, now)
         self.inflight -= 1
         self._hand_over()

@@ -37,7 +37,7 @@ async def checkout(
 
     async def work(conn: Connection) -> Reply:
         nonlocal placed
-        placed = await orders.checkout(
+        result = await orders.checkout(
             conn,
             body.cart_id,
             channel=principal.channel,
@@ -45,11 +45,13 @@ async def checkout(
             hold_id=body.hold_id,
             owner=owner_of(principal),
         )
+        placed = result.order
         return Reply(
             placed,
             status_code=201,
             version=placed.version,
             headers={"Location": f"/v1/orders/{placed.id}"},
+            transaction_id=result.transaction_id,
         )
 
     response = await write(request, principal, work)
