@@ -118,7 +118,9 @@ class PostgresEventLog:
             )
 
     async def read(self, after_offset: int = 0, limit: int = 100) -> list[LogRecord]:
-        async with self._transaction() as conn:
+        # One statement, so no BEGIN and COMMIT: each worker's cache tail reads at least every
+        # 50 ms (and at each NOTIFY), and the two extra round trips were most of a read's cost.
+        async with self._transaction(explicit=False) as conn:
             rows = await conn.fetch(
                 "SELECT seq, body FROM event_log WHERE seq > $1 ORDER BY seq LIMIT $2",
                 after_offset,
@@ -127,12 +129,12 @@ class PostgresEventLog:
         return [LogRecord(row["seq"], decode_event(row["body"].encode())) for row in rows]
 
     async def head(self) -> int:
-        async with self._transaction() as conn:
+        async with self._transaction(explicit=False) as conn:
             head: int = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM event_log")
         return head
 
     async def last_event_id(self, source: str) -> str | None:
-        async with self._transaction() as conn:
+        async with self._transaction(explicit=False) as conn:
             found: str | None = await conn.fetchval(
                 "SELECT last_event_id FROM event_log_sources WHERE source = $1", source
             )
