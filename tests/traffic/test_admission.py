@@ -155,21 +155,23 @@ class TestThresholds:
 
     def test_a_class_past_its_latency_objective_presses_the_classes_below(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
-        tickets = fill(admission, 20)  # a busy worker
+        tickets = fill(admission, 60)
+        assert admission.shed_at_once(BROWSE, time.monotonic())  # a shed: overloaded
         now = time.monotonic()
         admission.done(Ticket(CHECKOUT.rank, now - CHECKOUT.objective_s * 0.5))  # within it
         now = time.monotonic()
         assert admission.try_admit(CART, now)
-        assert admission.try_admit(BROWSE, now)
+        admission.inflight = 10  # room again, for every class
+        assert admission.try_admit(PRODUCT, now)
         admission.done(Ticket(CHECKOUT.rank, now - CHECKOUT.objective_s * 30))  # far past
         now = time.monotonic()
         assert admission.try_admit(CHECKOUT, now)
         assert not admission.try_admit(CART, now)
-        assert not admission.try_admit(BROWSE, now)
+        assert not admission.try_admit(PRODUCT, now)
         assert admission.shed_at_once(CART, now)  # refused before its request is parsed
         del tickets
 
-    def test_a_slow_request_on_a_quiet_worker_presses_nothing(self) -> None:
+    def test_a_slow_request_on_a_worker_not_shedding_presses_nothing(self) -> None:
         admission = Admission(ROUTES.classes, AdaptiveLimit(initial=100))
         now = time.monotonic()
         assert admission.try_admit(CHECKOUT, now)  # the only request in flight

@@ -19,15 +19,15 @@ that only sheds requests that would have been served.
 Each class may use up to its ``trigger`` share of the limit (see classes.py), so the lower
 classes are shed first and can never take what is kept for the higher ones. A more critical
 class is *pressed* when one of its requests had to wait for a slot or was shed (classes that
-wait: checkout, cart), or when its smoothed latency is past its ``objective_ms`` on a busy
-worker; for ``HIGHER_PRESSED_HOLD_S`` after that every less critical class is shed, then let
-back in gradually over its ``ramp_s``. So checkout is never refused while browsing is still let in,
-the slots that free up while checkouts wait are theirs, and a checkout slowed by the work of
-the classes below (at 10x capacity the event loop, not the limit, is what it waits for) gets
-that work out of its way. A class that triggered stays shed until in-flight falls under its
-``release`` share, then is let back in gradually over ``ramp_s`` too. Classes with a
-``queue_ms`` wait that long for a slot, the most critical first, before they are shed; one
-that a ramp turned away does not wait.
+wait: checkout, cart), or when its smoothed latency is past its ``objective_ms`` on a worker
+that is shedding; for ``HIGHER_PRESSED_HOLD_S`` after that every less critical class is shed,
+then let back in gradually over its ``ramp_s``. So checkout is never refused while browsing
+is still let in, the slots that free up while checkouts wait are theirs, and a checkout
+slowed by the work of the classes below (at 10x capacity the event loop, not the limit, is
+what it waits for) gets that work out of its way. A class that triggered stays shed until
+in-flight falls under its ``release`` share, then is let back in gradually over ``ramp_s``
+too. Classes with a ``queue_ms`` wait that long for a slot, the most critical first, before
+they are shed; one that a ramp turned away does not wait.
 
 Deciding costs a few dictionary and float operations and no I/O (measured by
 ``retailsync bench overload``: ``admission_decision_p99_us``).
@@ -48,11 +48,6 @@ from retailsync.traffic import metrics
 from retailsync.traffic.classes import Criticality
 
 _EMA = 0.05  # weight of one sample in a class's smoothed latency
-# A class past its latency objective presses the ones below only with this many requests in
-# flight (its own included), the limit's own floor: with fewer, a slow checkout is slow for
-# reasons shedding cannot help (a cold cache, a slow disk, a busy test machine), and shedding
-# there refuses work for nothing. At 10x capacity a checkout past 150 ms means about twenty.
-_OBJECTIVE_BUSY = 16
 # A less critical class stays shed this long after a more critical one was pressed (then its
 # ramp): held a whole second, the classes below came back all at once and pressed checkout
 # again, so admission swung every second at 10x capacity.
@@ -158,6 +153,12 @@ class Admission:
         # worker's CPU at 10x capacity).
         self._pressed_above = [-math.inf] * len(classes)
         self._waiting = 0  # requests in ``_wait``, of every class
+        # When this worker last shed a request, of any class. A class past its latency
+        # objective presses the ones below only within the hold of a shed: with none, the
+        # worker is not overloaded, a slow checkout is slow for reasons shedding cannot help
+        # (a cold cache, a slow disk, a busy test machine), and shedding would refuse work
+        # for nothing.
+        self._shed_at = -math.inf
         self._counters = [
             {
                 outcome: tally.counter(metrics.ADMISSIONS.labels(c.name, outcome))
@@ -198,6 +199,7 @@ class Admission:
         elif not self._over_share(criticality, now):
             return False
         self._counters[rank]["shed"].inc()
+        self._shed_at = now
         return True
 
     def _over_share(self, criticality: Criticality, now: float) -> bool:
@@ -242,6 +244,7 @@ class Admission:
         if criticality.queue_s > 0:  # refused even after waiting: the classes below yield
             self.note_pressed(criticality.rank, time.monotonic())
         counters["shed"].inc()
+        self._shed_at = time.monotonic()
         return None
 
     async def _wait(self, criticality: Criticality) -> bool:
@@ -273,7 +276,10 @@ class Admission:
         now = time.monotonic()
         rank = ticket.rank
         smoothed = self.limit.sample(rank, now - ticket.started, self.inflight, now)
-        if smoothed > self.classes[rank].objective_s and self.inflight >= _OBJECTIVE_BUSY:
+        if (
+            smoothed > self.classes[rank].objective_s
+            and now - self._shed_at < HIGHER_PRESSED_HOLD_S
+        ):
             self.note_pressed(rank, now)
         self.inflight -= 1
         self._hand_over()
