@@ -208,8 +208,8 @@ def overload_bench(
         from uvloop import new_event_loop
     except ImportError:
         new_event_loop = None  # type: ignore[assignment]
-    # The load generator shares the two cores with the server: on uvloop it takes less of
-    # them (at 10x on asyncio's loop it used about a third more, which checkout waited for).
+    # The load generator shares the two cores with the server: on uvloop it costs less a
+    # request, and what it leaves is the server's.
     _report(
         lambda: run_overload_bench(QUICK if quick else FULL, _progress),
         print_overload,

@@ -198,8 +198,7 @@ class Admission:
             self.note_pressed(rank, now)  # as ``admit`` does for a shed request of the class
         elif not self._over_share(criticality, now):
             return False
-        self._counters[rank]["shed"].inc()
-        self._shed_at = now
+        self._count_shed(rank, now)
         return True
 
     def _over_share(self, criticality: Criticality, now: float) -> bool:
@@ -241,11 +240,15 @@ class Admission:
             if await self._wait(criticality):
                 counters["admitted"].inc()
                 return Ticket(criticality.rank, now)  # its latency includes the wait
+        refused_at = time.monotonic()
         if criticality.queue_s > 0:  # refused even after waiting: the classes below yield
-            self.note_pressed(criticality.rank, time.monotonic())
-        counters["shed"].inc()
-        self._shed_at = time.monotonic()
+            self.note_pressed(criticality.rank, refused_at)
+        self._count_shed(criticality.rank, refused_at)
         return None
+
+    def _count_shed(self, rank: int, at: float) -> None:
+        self._counters[rank]["shed"].inc()
+        self._shed_at = at
 
     async def _wait(self, criticality: Criticality) -> bool:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
