@@ -205,12 +205,13 @@ def print_overload(report: dict[str, Any], console: Console) -> None:
         f"admission decision p99 {report['admission_decision_p99_us']} us"
     )
     for level, modes in report["levels"].items():
-        # No borders, short heads, whole milliseconds: nine columns fit 80 characters uncut.
+        # No borders, single gaps, short heads, whole ms: nine columns fit 80 characters uncut.
         table = Table(
             title=f"{level} capacity offered ({modes['off']['offered_per_s']:,}/s); latency ms",
             box=box.SIMPLE_HEAD,
             show_edge=False,
             pad_edge=False,
+            collapse_padding=True,
         )
         for column in ("mode", "class", "offered/s", "goodput", "shed", "errors",
                        "p50", "p99", "p99.9"):  # fmt: skip
