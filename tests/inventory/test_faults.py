@@ -154,6 +154,30 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, within: flo
         await asyncio.sleep(0.02)
 
 
+async def crash_when(
+    server: TunedServe,
+    shoppers: list[asyncio.Task[None]],
+    condition: Callable[[], Awaitable[bool]],
+    what: str,
+) -> None:
+    """kill -9 the service once ``condition`` holds under the shoppers' load (none of them
+    may have stopped before), then let each end on the request the dead server never
+    answered."""
+
+    async def ready() -> bool:
+        if any(task.done() for task in shoppers):
+            raise AssertionError(f"a shopper stopped early: {server.stderr()}")
+        return await condition()
+
+    try:
+        await until(ready, what)
+        server.crash()
+        await asyncio.wait_for(asyncio.gather(*shoppers), 15)
+    finally:
+        for task in shoppers:
+            task.cancel()
+
+
 def hold_body(shopper: int, serial: int, *, mixed: bool = False) -> dict[str, Any]:
     """One unit of HOT at eu-dc1; ``mixed``: every third hold also takes 2 HOT at eu-store1,
     every third 1 LAST there (a sku that sells out, refusing the whole hold)."""
@@ -326,8 +350,6 @@ async def test_kill_9_of_serve_mid_hold_load(db: Database, database_dsn: str, wo
         ]
 
         async def escrow_busy() -> bool:
-            if any(task.done() for task in shoppers):
-                raise AssertionError(f"a shopper stopped early: {server.stderr()}")
             row = await db.fetchrow(
                 "SELECT (SELECT count(*) FROM holds WHERE key_scope = $1 AND strategy = 'escrow') "
                 "AS escrowed, (SELECT coalesce(sum(free), 0) FROM escrow_allotments) AS free, "
@@ -347,15 +369,10 @@ async def test_kill_9_of_serve_mid_hold_load(db: Database, database_dsn: str, wo
                 and row["batching"] > 0
             )
 
-        try:
-            # Mid-load, with units of the hot sku sitting in this process's escrow allotments.
-            await until(escrow_busy, "holds through escrow, with units left in an allotment")
-            server.crash()
-            # Each shopper ends on the request the dead server never answered.
-            await asyncio.wait_for(asyncio.gather(*shoppers), 15)
-        finally:
-            for task in shoppers:
-                task.cancel()
+        # Mid-load, with units of the hot sku sitting in this process's escrow allotments.
+        await crash_when(
+            server, shoppers, escrow_busy, "holds through escrow, with units left in an allotment"
+        )
 
     assert not ledger.unexpected, ledger.unexpected[:10]
     assert len(ledger.in_flight) == SHOPPERS

@@ -69,7 +69,7 @@ class _Pending:
 class _Batch:
     """The arrays one call of inventory_hold_batch takes."""
 
-    leaders: list[_Pending]
+    requests: list[tuple[HoldRequest, Sequence[int | None]]]  # each with its lines' limits
     line_hold: list[int] = field(default_factory=list)
     line_row: list[int] = field(default_factory=list)
     line_qty: list[int] = field(default_factory=list)
@@ -78,11 +78,10 @@ class _Batch:
     slots: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, leaders: list[_Pending]) -> _Batch:
-        batch = cls(leaders)
-        for index, pending in enumerate(leaders, 1):
-            request = pending.request
-            for line, limit in zip(request.lines, pending.limits, strict=True):
+    def of(cls, requests: list[tuple[HoldRequest, Sequence[int | None]]]) -> _Batch:
+        batch = cls(requests)
+        for index, (request, limits) in enumerate(requests, 1):
+            for line, limit in zip(request.lines, limits, strict=True):
                 batch.line_hold.append(index)
                 batch.line_row.append(
                     batch.rows.setdefault((line.sku, line.location), len(batch.rows) + 1)
@@ -97,7 +96,7 @@ class _Batch:
         return batch
 
     def arguments(self, owner: str | None, strategy: str) -> tuple[object, ...]:
-        requests = [pending.request for pending in self.leaders]
+        requests = [request for request, _ in self.requests]
         return (
             owner,
             strategy,
@@ -241,10 +240,10 @@ class GroupCommitter:
             else:
                 self._queue.appendleft(pending)  # another request: decided by the next batch
                 self._nonempty.set()
-        batch = _Batch.of(list(leaders.values()))
-        metrics.batch_size(self._strategy).observe(len(batch.leaders))
+        batch = _Batch.of([(p.request, p.limits) for p in leaders.values()])
+        metrics.batch_size(self._strategy).observe(len(batch.requests))
         try:
-            outcomes = await self._call(conn, batch)
+            outcomes = await run_batch(conn, batch, self._owner, self._strategy, _RETRIES)
         except asyncio.CancelledError:
             for pending in taken:
                 pending.future.cancel()
@@ -262,38 +261,52 @@ class GroupCommitter:
             if lost:
                 raise failure from exc  # a new connection for the next batch
             return
-        for pending, outcome in zip(batch.leaders, outcomes, strict=True):
+        for pending, outcome in zip(leaders.values(), outcomes, strict=True):
             _settle(pending, outcome)
 
-    async def _call(self, conn: Connection, batch: _Batch) -> list[Hold | Exception]:
-        """Run the batch; return each leader's hold or refusal, in order."""
-        arguments = batch.arguments(self._owner, self._strategy)
-        for attempt in range(_RETRIES + 1):
-            try:
-                rows = await conn.fetch(_APPLY, *arguments)
-                replays = [row["hold_id"] for row in rows if row["outcome"] == "replay"]
-                existing = await ledger.load_holds(conn, replays) if replays else {}
-                break
-            except _RETRYABLE:
-                metrics.WASTED.labels(self._strategy).inc()
-                if attempt == _RETRIES:
-                    raise
-        answers: list[Hold | Exception] = [AssertionError("no answer")] * len(batch.leaders)
-        for row in rows:
-            index = row["hold_index"] - 1
-            pending = batch.leaders[index]
-            outcome = row["outcome"]
-            if outcome == "held":
-                answers[index] = ledger.new_hold(
-                    pending.request, row["hold_id"], row["hold_expires"], self._strategy
-                )
-            elif outcome == "replay":
-                answers[index] = msgspec.structs.replace(existing[row["hold_id"]], replayed=True)
-            elif outcome == "key-reused":
-                answers[index] = HoldKeyReused(pending.request.key)
-            else:
-                answers[index] = _refusal(outcome, row["detail"], self._owner)
-        return answers
+
+async def hold_in_transaction(
+    conn: Connection, request: HoldRequest, limits: Sequence[int | None], strategy: StrategyName
+) -> Hold:
+    """One hold by the batch's statement, in the caller's open transaction: it commits (or
+    rolls back) with whatever the caller writes next, and the stock rows stay locked until
+    then. No retry: an error aborts the caller's transaction, which is the caller's to run
+    again (a fresh key can meet no duplicate)."""
+    [outcome] = await run_batch(conn, _Batch.of([(request, limits)]), None, strategy, 0)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+async def run_batch(
+    conn: Connection, batch: _Batch, owner: str | None, strategy: StrategyName, retries: int
+) -> list[Hold | Exception]:
+    """Run the batch; return each request's hold or refusal, in order."""
+    arguments = batch.arguments(owner, strategy)
+    for attempt in range(retries + 1):
+        try:
+            rows = await conn.fetch(_APPLY, *arguments)
+            replays = [row["hold_id"] for row in rows if row["outcome"] == "replay"]
+            existing = await ledger.load_holds(conn, replays) if replays else {}
+            break
+        except _RETRYABLE:
+            metrics.WASTED.labels(strategy).inc()
+            if attempt == retries:
+                raise
+    answers: list[Hold | Exception] = [AssertionError("no answer")] * len(batch.requests)
+    for row in rows:
+        index = row["hold_index"] - 1
+        request = batch.requests[index][0]
+        outcome = row["outcome"]
+        if outcome == "held":
+            answers[index] = ledger.new_hold(request, row["hold_id"], row["hold_expires"], strategy)
+        elif outcome == "replay":
+            answers[index] = msgspec.structs.replace(existing[row["hold_id"]], replayed=True)
+        elif outcome == "key-reused":
+            answers[index] = HoldKeyReused(request.key)
+        else:
+            answers[index] = _refusal(outcome, row["detail"], owner)
+    return answers
 
 
 def _settle(pending: _Pending, outcome: Hold | Exception) -> None:

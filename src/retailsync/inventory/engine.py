@@ -19,14 +19,14 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
 from retailsync.chores import every
-from retailsync.db.database import Database
+from retailsync.db.database import Connection, Database
 from retailsync.errors import DomainError, InsufficientStock, Refused
-from retailsync.inventory import escrow, ledger, metrics
+from retailsync.inventory import batched, escrow, ledger, metrics
 from retailsync.inventory.batched import GroupCommitter
 from retailsync.inventory.direct import Atomic, DirectStrategy, Optimistic, Pessimistic
 from retailsync.inventory.model import Hold, HoldRequest, Policy, StrategyName
@@ -127,6 +127,30 @@ class InventoryEngine:
     async def hold(self, request: HoldRequest, *, strategy: StrategyName | None = None) -> Hold:
         """Place a hold (or replay the one its key made). ``strategy`` overrides the skus'
         policies (benchmarks). Raises the refusal; nothing is written then."""
+        policies, limits = self._admit(request)
+        chosen = strategy or self._choose(request, policies)
+        return await self._counted(chosen, self._dispatch(chosen, request, limits))
+
+    async def hold_within(self, conn: Connection, request: HoldRequest) -> tuple[Hold, bool]:
+        """A hold for a caller that goes on writing in the transaction open on ``conn``
+        (checkout), and whether it was written in that transaction. A hold the engine would
+        group-commit on its stock rows (the sku is not hot) is: one commit and one fsync then
+        serve the hold and what follows it, instead of two, and a rollback takes the hold with
+        it. The rows stay locked until that commit; a cold sku has no queue behind them. A hot
+        sku (escrow), a named strategy, or units this process's escrow lanes may still have
+        of a line (their own counts say; the engine's path gives those back first) take
+        ``hold``'s way: the caller releases that hold if its transaction fails."""
+        policies, limits = self._admit(request)
+        chosen = self._choose(request, policies)
+        assert self._escrow is not None, "start() the engine first"
+        if chosen is StrategyName.BATCHED and not self._escrow.may_hold(request.places):
+            within = batched.hold_in_transaction(conn, request, limits, chosen)
+            return await self._counted(chosen, within), True
+        return await self._counted(chosen, self._dispatch(chosen, request, limits)), False
+
+    def _admit(self, request: HoldRequest) -> tuple[list[Policy], list[int | None]]:
+        """The lines' policies and purchase limits, refusing an anonymous hold a limit needs;
+        counts the request in the skus' rates."""
         policies = [self._policies.get(line.sku, _DEFAULT_POLICY) for line in request.lines]
         limits = [policy.per_customer_limit for policy in policies]
         if request.customer_id is None and any(limits):
@@ -137,10 +161,12 @@ class InventoryEngine:
         for line in request.lines:
             self._rates.add(line.sku)
             self._demand.add(line.sku, line.quantity)
-        chosen = strategy or self._choose(request, policies)
+        return policies, limits
+
+    async def _counted(self, chosen: StrategyName, placing: Awaitable[Hold]) -> Hold:
         started = time.perf_counter()
         try:
-            hold = await self._dispatch(chosen, request, limits)
+            hold = await placing
         except DomainError:
             metrics.holds_counted(chosen, "refused").inc()
             raise

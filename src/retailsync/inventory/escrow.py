@@ -253,6 +253,11 @@ class Escrow:
                 return hold
         return await self._fallback(request, limits)
 
+    def may_hold(self, places: Sequence[Place]) -> bool:
+        """Whether a lane of this process may have free units of any of ``places``, by the
+        lanes' own counts (hints: ``stranded`` asks the database)."""
+        return any(lane.free.get(place, 0) > 0 for lane in self._lanes for place in places)
+
     async def stranded(self, places: Sequence[Place]) -> list[Place]:
         """Those of ``places`` that this process's lanes still have free units of, as the
         database says (the lanes' own counts are only hints)."""

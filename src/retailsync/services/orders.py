@@ -1,16 +1,18 @@
 """Checkout and the order life cycle.
 
 An order is placed from a hold (see ``retailsync.inventory``): checkout holds the cart's lines
-through the reservation engine (so a hot sku's checkouts share group commits and escrow
-instead of queueing on its row lock), then, in the caller's transaction, creates the order,
-commits the hold into it and closes the cart. A hold taken elsewhere (``POST
-/v1/reservations``) can be committed into an order the same way. Stock rows are always locked
-in (sku, location) order, so checkouts and status changes cannot deadlock each other.
+through the reservation engine, then, in the caller's transaction, creates the order, commits
+the hold into it and closes the cart. A cold sku's hold is written in that same transaction
+(one commit for hold and order; a checkout that fails or dies before it strands no stock); a
+hot sku's goes through escrow on the engine's connections, so its checkouts do not queue on
+its row lock. A hold taken elsewhere (``POST /v1/reservations``) can be committed into an
+order the same way. Stock rows are always locked in (sku, location) order, so checkouts and
+status changes cannot deadlock each other.
 
 A checkout is three calls: ``checkout_cart`` (lock the cart, read its lines and their supply,
-and the transaction's id for the consistency token), the hold (on the engine's connections),
-and ``order_place`` (migration 0013). The rules live in those functions; the allocation
-stays here.
+and the transaction's id for the consistency token), the hold (``inventory_hold_batch``,
+here or on the engine's connections), and ``order_place`` (migration 0013). The rules live in
+those functions; the allocation stays here.
 
     placed -> paid -> shipped -> delivered        placed | paid -> cancelled (stock returns)
 """
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from retailsync.inventory.engine import InventoryEngine
 
 CHECKOUT_SCOPE = "checkout"  # idempotency scope of the holds checkout takes for itself
-CHECKOUT_HOLD_TTL_MS = 60_000  # a checkout that dies between hold and order frees it by then
+CHECKOUT_HOLD_TTL_MS = 60_000  # an escrow hold of a checkout that died: freed by then
 ANONYMOUS = "anonymous"  # the customer of an order committed from a hold that names none
 _ALLOCATION_ATTEMPTS = 3
 
@@ -79,21 +81,26 @@ async def checkout(
     if hold_id is not None:
         order = await place_from_hold(conn, hold_id, channel=channel, cart_id=cart_id, owner=owner)
         return Placed(order, transaction_id)
-    hold = await _hold_cart(conn, engine, cart)
+    hold, within = await _hold_cart(conn, engine, cart)
     try:
         return Placed(
             await place_from_hold(conn, hold.id, channel=channel, cart_id=cart_id),
             transaction_id,
         )
     except BaseException:
-        # Released once this transaction has rolled back: it may hold the hold row's lock.
-        engine.release_soon(hold.id)
+        if not within:  # a hold in this transaction goes with its rollback
+            # Released once this transaction has rolled back: it may hold the hold row's lock.
+            engine.release_soon(hold.id)
         raise
 
 
-async def _hold_cart(conn: Connection, engine: InventoryEngine, cart: dict[str, Any]) -> Hold:
-    """Hold the cart's lines at the region's fullest locations. The allocation reads stock
-    without locks; if a concurrent sale took units first, allocate again from fresh figures."""
+async def _hold_cart(
+    conn: Connection, engine: InventoryEngine, cart: dict[str, Any]
+) -> tuple[Hold, bool]:
+    """Hold the cart's lines at the region's fullest locations, in this transaction where the
+    engine can (see ``InventoryEngine.hold_within``; the flag says whether it did). The
+    allocation reads stock without locks; if a concurrent sale took units first, allocate
+    again from fresh figures."""
     wanted = list(zip(cart["skus"], cart["quantities"], strict=True))
     supply = cart["supply"]
     for attempt in range(_ALLOCATION_ATTEMPTS):
@@ -108,7 +115,7 @@ async def _hold_cart(conn: Connection, engine: InventoryEngine, cart: dict[str, 
             customer_id=cart["customer_id"],
         )
         try:
-            return await engine.hold(request)
+            return await engine.hold_within(conn, request)
         except InsufficientStock:
             if attempt == _ALLOCATION_ATTEMPTS - 1:
                 raise

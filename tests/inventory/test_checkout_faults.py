@@ -1,0 +1,81 @@
+"""kill -9 of `retailsync serve` in the middle of a checkout load on skus that are not hot:
+every acknowledged order is in the database with its cart closed, and no hold is left
+behind (a checkout's hold of a cold sku is written in the order's transaction, so one that
+died before committing took its hold with it), and the stock balances."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+
+from retailsync.db.database import Database
+from retailsync.services import carts
+from tests.inventory.conftest import stocked
+from tests.inventory.test_faults import TunedServe, assert_stock_consistent, crash_when, new_key
+
+pytestmark = pytest.mark.slow  # starts a server of its own
+
+SKUS = [f"COLD-{n}" for n in range(20)]
+CARTS = 600
+SHOPPERS = 8
+
+
+async def open_carts(db: Database) -> list[str]:
+    rng = random.Random(5)
+    made = []
+    async with db.transaction() as conn:
+        for n in range(CARTS):
+            cart = await carts.create_cart(conn, customer_id=f"shopper-{n}", region="eu")
+            sku = rng.choice(SKUS)
+            await carts.set_line(
+                conn, cart.id, sku, quantity=rng.randint(1, 2), expected_version=None
+            )
+            made.append(str(cart.id))
+    return made
+
+
+async def test_kill_9_mid_checkout_load_strands_no_stock(db: Database, database_dsn: str) -> None:
+    await stocked(db, dict.fromkeys(SKUS, 200))
+    _, secret = await new_key(db)
+    queue = await open_carts(db)
+    acked: dict[str, str] = {}  # cart -> order id, for each 201 a shopper got
+
+    async def shopper(base_url: str) -> None:
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(base_url=base_url, timeout=5, headers=headers) as client:
+            while queue:
+                cart = queue.pop()
+                try:
+                    response = await client.post("/v1/orders", json={"cart_id": cart})
+                except httpx.HTTPError:
+                    return  # the server is gone: this checkout's answer was lost
+                assert response.status_code == 201, response.text
+                acked[cart] = response.json()["id"]
+
+    with TunedServe(database_dsn, settings={"RETAILSYNC_LOG_LEVEL": "warning"}) as server:
+        shoppers = [asyncio.create_task(shopper(server.base_url)) for _ in range(SHOPPERS)]
+
+        async def mid_checkout() -> bool:
+            placing = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE '%inventory_hold_batch(%' AND state = 'idle in transaction' "
+                "AND pid <> pg_backend_pid()"
+            )
+            return len(acked) >= 50 and placing > 0
+
+        # A checkout has its hold written and its transaction still open.
+        await crash_when(server, shoppers, mid_checkout, "a checkout between hold and commit")
+
+    orders = {
+        str(row["cart_id"]): (str(row["id"]), row["status"])
+        for row in await db.fetch("SELECT id, cart_id, status FROM orders")
+    }
+    for cart, order_id in acked.items():
+        assert orders.get(cart) == (order_id, "placed"), cart
+    assert await db.fetchval("SELECT count(*) FROM holds WHERE state = 'held'") == 0
+    closed = await db.fetch("SELECT id FROM carts WHERE status = 'checked_out'")
+    assert {str(row["id"]) for row in closed} == set(orders)  # acked, or committed unanswered
+    await assert_stock_consistent(db, escrow_free_allowed=False)
