@@ -137,9 +137,10 @@ class InventoryEngine:
         group-commit on its stock rows (the sku is not hot) is: one commit and one fsync then
         serve the hold and what follows it, instead of two, and a rollback takes the hold with
         it. The rows stay locked until that commit; a cold sku has no queue behind them. A hot
-        sku (escrow), a named strategy, or units this process's escrow lanes may still have
-        of a line (their own counts say; the engine's path gives those back first) take
-        ``hold``'s way: the caller releases that hold if its transaction fails."""
+        sku (escrow), a per-request strategy named by policy, or a line this process's escrow
+        lanes may still have units of (by their own counts; the engine's path gives those
+        back first) takes ``hold``'s way: the caller releases that hold if its transaction
+        fails."""
         policies, limits = self._admit(request)
         chosen = self._choose(request, policies)
         assert self._escrow is not None, "start() the engine first"
