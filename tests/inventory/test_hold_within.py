@@ -15,7 +15,7 @@ from retailsync.db.database import Connection, Database
 from retailsync.errors import InsufficientStock
 from retailsync.inventory.check import check_inventory
 from retailsync.inventory.engine import InventoryEngine
-from retailsync.inventory.model import StrategyName
+from retailsync.inventory.model import Policy, StrategyName
 from retailsync.services import carts, orders
 from tests.inventory.conftest import request, stocked
 
@@ -99,7 +99,32 @@ async def test_a_hot_skus_hold_takes_the_engines_path(
     # Committed on the engine's own connection: the caller's rollback did not take it.
     assert await db.fetchval("SELECT state FROM holds WHERE id = $1", hold.id) == "held"
     await engine.release(hold.id)
+    # A cart with a hot line and a cold one: the hot row is not held for a transaction.
+    await stocked(db, {"COLD": 10})
+    hold, within = await rolled_back(
+        db,
+        lambda conn: engine.hold_within(conn, request(("HOT", "eu-dc1", 1), ("COLD", "eu-dc1", 1))),
+    )
+    assert not within
+    await engine.release(hold.id)
+    # After a refused attempt in the transaction, the next stays there whatever the sku.
+    _, within = await rolled_back(
+        db, lambda conn: engine.hold_within(conn, request(("HOT", "eu-dc1", 1)), locked=True)
+    )
+    assert within
     await assert_balanced(db)
+
+
+async def test_a_sku_under_a_named_policy_takes_the_engines_path(
+    engine: InventoryEngine, db: Database
+) -> None:
+    await stocked(db, {"A": 100})
+    engine.set_policy("A", Policy(StrategyName.BATCHED))
+    hold, within = await rolled_back(
+        db, lambda conn: engine.hold_within(conn, request(("A", "eu-dc1", 1)))
+    )
+    assert not within
+    assert await db.fetchval("SELECT state FROM holds WHERE id = $1", hold.id) == "held"
 
 
 async def test_a_checkout_that_rolls_back_holds_nothing(

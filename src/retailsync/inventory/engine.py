@@ -131,23 +131,50 @@ class InventoryEngine:
         chosen = strategy or self._choose(request, policies)
         return await self._counted(chosen, self._dispatch(chosen, request, limits))
 
-    async def hold_within(self, conn: Connection, request: HoldRequest) -> tuple[Hold, bool]:
+    async def hold_within(
+        self, conn: Connection, request: HoldRequest, *, locked: bool = False
+    ) -> tuple[Hold, bool]:
         """A hold for a caller that goes on writing in the transaction open on ``conn``
-        (checkout), and whether it was written in that transaction. A hold the engine would
-        group-commit on its stock rows (the sku is not hot) is: one commit and one fsync then
-        serve the hold and what follows it, instead of two, and a rollback takes the hold with
-        it. The rows stay locked until that commit; a cold sku has no queue behind them. A hot
-        sku (escrow), a per-request strategy named by policy, or a line this process's escrow
-        lanes may still have units of (by their own counts; the engine's path gives those
-        back first) takes ``hold``'s way: the caller releases that hold if its transaction
-        fails."""
+        (checkout), and whether it was written in that transaction. A cold hold (see
+        ``_cold``) is: one commit and one fsync then serve the hold and what follows it,
+        instead of two, and a rollback takes the hold with it; its stock rows stay locked
+        until that commit, which a cold sku can afford. Any other takes ``hold``'s way, and
+        the caller releases it if its transaction fails. ``locked``: the transaction may
+        already hold stock rows from an earlier, refused attempt (a refusal is an answer, not
+        an error), so this one stays in it too: on the engine's connections it could wait
+        for those rows while the caller waits for it, a cycle PostgreSQL cannot see."""
         policies, limits = self._admit(request)
+        if locked or self._cold(request, policies):
+            within = batched.hold_in_transaction(conn, request, limits, StrategyName.BATCHED)
+            return await self._counted(StrategyName.BATCHED, within), True
         chosen = self._choose(request, policies)
-        assert self._escrow is not None, "start() the engine first"
-        if chosen is StrategyName.BATCHED and not self._escrow.may_hold(request.places):
-            within = batched.hold_in_transaction(conn, request, limits, chosen)
-            return await self._counted(chosen, within), True
         return await self._counted(chosen, self._dispatch(chosen, request, limits)), False
+
+    def _cold(self, request: HoldRequest, policies: Sequence[Policy]) -> bool:
+        """Whether every line may hold its stock row for the rest of a caller's transaction:
+        under the ``auto`` policy, below half the hot rate (each worker counts only the
+        requests it serves), not found low a moment ago (its last units are contended), and
+        with no units in this process's escrow lanes (by their own counts; the engine's path
+        gives those back to the row first)."""
+        if self.config.default_strategy is not StrategyName.AUTO or any(
+            policy.strategy is not StrategyName.AUTO for policy in policies
+        ):
+            return False
+        assert self._escrow is not None, "start() the engine first"
+        return (
+            all(self._rates.rate(line.sku) < self.config.hot_rps / 2 for line in request.lines)
+            and not self._low(request)
+            and not self._escrow.may_hold(request.places)
+        )
+
+    def _low(self, request: HoldRequest) -> bool:
+        """Whether a place of the request was found below its floor a moment ago."""
+        assert self._escrow is not None
+        now = time.monotonic()
+        return any(
+            now - self._escrow.low.get(place, -1e9) < escrow.LOW_MEMORY_S
+            for place in request.places
+        )
 
     def _admit(self, request: HoldRequest) -> tuple[list[Policy], list[int | None]]:
         """The lines' policies and purchase limits, refusing an anonymous hold a limit needs;
@@ -242,14 +269,8 @@ class InventoryEngine:
             name = self.config.default_strategy
         if name is not StrategyName.AUTO:
             return name
-        now = time.monotonic()
-        assert self._escrow is not None
         hot = all(self._rates.rate(line.sku) >= self.config.hot_rps for line in request.lines)
-        low = any(
-            now - self._escrow.low.get(place, -1e9) < escrow.LOW_MEMORY_S
-            for place in request.places
-        )
-        chosen = StrategyName.ESCROW if hot and not low else StrategyName.BATCHED
+        chosen = StrategyName.ESCROW if hot and not self._low(request) else StrategyName.BATCHED
         for line in request.lines:
             if self._route_of.get(line.sku) is not chosen:
                 if line.sku in self._route_of:

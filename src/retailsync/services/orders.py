@@ -115,7 +115,8 @@ async def _hold_cart(
             customer_id=cart["customer_id"],
         )
         try:
-            return await engine.hold_within(conn, request)
+            # After a refusal, the transaction may hold the refused attempt's stock rows.
+            return await engine.hold_within(conn, request, locked=attempt > 0)
         except InsufficientStock:
             if attempt == _ALLOCATION_ATTEMPTS - 1:
                 raise
