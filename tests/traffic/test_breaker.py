@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -225,14 +224,12 @@ class TestPostgreSQL:
             assert transitions("postgresql", "open") == opened + 1
             assert not await db.ping()
 
-            times = []
-            for _ in range(200):  # open: no connect attempt, an answer at once
-                started = time.perf_counter()
+            # Open: refused without a connect attempt (that it never tries the server shows
+            # below, where a server back up is still refused until the probe is due). How
+            # fast, bench overload measures; a timed assertion here failed on a loaded CI.
+            for _ in range(200):
                 with pytest.raises(DatabaseUnavailable, match="breaker open"):
                     await db.fetchval("SELECT 1")
-                times.append(time.perf_counter() - started)
-            assert statistics.median(times) < 1e-4
-            assert sorted(times)[int(len(times) * 0.99)] < 1e-3  # p99 (a shared 2-core machine)
 
             await asyncio.sleep(POLICY.reset_s)
             assert breaker.state is State.HALF_OPEN  # due for a probe
