@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from retailsync.inventory.rates import RateMeter
 
 
@@ -44,3 +47,20 @@ def test_a_gap_of_seconds_forgets_the_past() -> None:
     clock.now += 5
     meter.add("A")
     assert meter.rate("A") < 100
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("ABC"), st.floats(0, 1.5), st.integers(1, 20)), max_size=60)
+)
+def test_watched_is_every_sku_at_or_above_the_watch_rate(
+    steps: list[tuple[str, float, int]],
+) -> None:
+    """``watched`` looks only at skus that reached the rate at an add: the same skus as
+    ``above`` (which looks at every sku), after any history of adds and waits."""
+    clock = Clock()
+    meter = RateMeter(clock, watch=10)
+    for sku, wait, amount in steps:
+        clock.now += wait
+        assert sorted(meter.watched()) == sorted(meter.above(10))
+        meter.add(sku, amount)
+        assert sorted(meter.watched()) == sorted(meter.above(10))
