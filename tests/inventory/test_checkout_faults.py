@@ -19,7 +19,7 @@ from tests.inventory.test_faults import TunedServe, assert_stock_consistent, cra
 pytestmark = pytest.mark.slow  # starts a server of its own
 
 SKUS = [f"COLD-{n}" for n in range(20)]
-CARTS = 600
+CARTS = 1000
 SHOPPERS = 8
 
 
@@ -63,7 +63,7 @@ async def test_kill_9_mid_checkout_load_strands_no_stock(db: Database, database_
         async def mid_checkout() -> bool:
             placing = await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND query LIKE '%inventory_hold_batch(%' AND state = 'idle in transaction' "
+                "AND query LIKE '%checkout_place(%' AND state = 'active' "
                 "AND pid <> pg_backend_pid()"
             )
             return len(acked) >= 50 and placing > 0

@@ -65,7 +65,7 @@ class InventoryEngine:
         self.config = config
         self.id = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._policies: dict[str, Policy] = {}
-        self._rates = RateMeter()
+        self._rates = RateMeter(watch=config.hot_rps / 2)  # watched: not cold (``_cold``)
         self._demand = RateMeter()
         self._route_of: dict[str, StrategyName] = {}
         self._chores: list[asyncio.Task[None]] = []
@@ -166,6 +166,25 @@ class InventoryEngine:
             and not self._low(request)
             and not self._escrow.may_hold(request.places)
         )
+
+    def engine_skus(self) -> list[str] | None:
+        """The skus whose holds must go through the engine now, for a caller that holds every
+        other sku itself, in its own statement (``checkout_place``, migration 0014), as
+        ``hold_within`` would in its transaction: those not cold by ``_cold``'s rate, low and
+        escrow tests (a sku with a policy of its own the statement sees for itself). None:
+        every hold goes through the engine (a default strategy other than auto)."""
+        if self.config.default_strategy is not StrategyName.AUTO:
+            return None
+        assert self._escrow is not None, "start() the engine first"
+        return sorted(self._escrow.busy_skus().union(self._rates.watched()))
+
+    def count_within(self, lines: Sequence[tuple[str, int]]) -> None:
+        """Count a hold its caller wrote itself (after ``engine_skus``): in the skus' rates,
+        as ``_admit`` counts every other, and in the holds metric."""
+        for sku, quantity in lines:
+            self._rates.add(sku)
+            self._demand.add(sku, quantity)
+        metrics.holds_counted(StrategyName.BATCHED, "held").inc()
 
     def _low(self, request: HoldRequest) -> bool:
         """Whether a place of the request was found below its floor a moment ago."""

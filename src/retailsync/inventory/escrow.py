@@ -258,6 +258,15 @@ class Escrow:
         lanes' own counts (hints: ``stranded`` asks the database)."""
         return any(lane.free.get(place, 0) > 0 for lane in self._lanes for place in places)
 
+    def busy_skus(self) -> set[str]:
+        """Skus a lane of this process may have free units of (by the lanes' counts), or
+        found low a moment ago: their holds take the engine's way (``may_hold``, the row)."""
+        now = time.monotonic()
+        self.low = {place: at for place, at in self.low.items() if now - at < LOW_MEMORY_S}
+        busy = {sku for sku, _ in self.low}
+        busy.update(sku for lane in self._lanes for (sku, _), free in lane.free.items() if free > 0)
+        return busy
+
     async def stranded(self, places: Sequence[Place]) -> list[Place]:
         """Those of ``places`` that this process's lanes still have free units of, as the
         database says (the lanes' own counts are only hints)."""

@@ -27,7 +27,7 @@ from uuid import UUID, uuid4
 from retailsync.db.database import Connection
 from retailsync.errors import InsufficientStock, InvalidTransition, NotFound
 from retailsync.inventory.ledger import give_back, lock_stock_rows
-from retailsync.inventory.model import Hold, HoldRequest
+from retailsync.inventory.model import Hold, HoldRequest, StrategyName
 from retailsync.models import Order, OrderStatus
 from retailsync.services.allocation import Supply, allocate
 from retailsync.services.sql_refusals import sql_refusals
@@ -66,22 +66,34 @@ async def checkout(
     engine: InventoryEngine,
     hold_id: UUID | None = None,
     owner: str | None = None,
+    in_one_call: bool = True,
 ) -> Placed:
     """Place the cart's order from a hold: ``hold_id``, taken earlier (at "proceed to
     checkout"), or one taken now for the cart's lines, allocated in its region. The order and
     the hold's commit are one transaction (the caller's); a hold taken here and not committed
     is released, or expires. The transaction's id comes with the cart: asked for on its own,
-    it was one round trip of six, on the path that has the least time to spare at a peak."""
-    with sql_refusals():  # locks the cart; refuses an empty or unpriced one before holding
-        row = await conn.fetchrow(
-            "SELECT checkout_cart($1) AS cart, pg_current_xact_id()::text AS xact", cart_id
-        )
-    assert row is not None  # one row, always
-    cart, transaction_id = row["cart"], row["xact"]
+    it was one round trip of six, on the path that has the least time to spare at a peak.
+    ``in_one_call``: try ``checkout_place`` first (False: the caller just learnt that it
+    would not do)."""
+    engine_skus = engine.engine_skus() if hold_id is None and in_one_call else None
+    if engine_skus is not None:
+        answer, transaction_id = await _place_in_one_call(conn, cart_id, channel, engine_skus)
+        if "order" in answer:
+            return _placed_in_one_call(engine, answer, transaction_id)
+    else:
+        with sql_refusals():  # locks the cart; refuses an empty or unpriced one before holding
+            row = await conn.fetchrow(
+                "SELECT jsonb_build_object('cart', checkout_cart($1)) AS answer, "
+                "pg_current_xact_id()::text AS xact",
+                cart_id,
+            )
+        assert row is not None  # one row, always
+        answer, transaction_id = row["answer"], row["xact"]
+    cart = answer["cart"]
     if hold_id is not None:
         order = await place_from_hold(conn, hold_id, channel=channel, cart_id=cart_id, owner=owner)
         return Placed(order, transaction_id)
-    hold, within = await _hold_cart(conn, engine, cart)
+    hold, within = await _hold_cart(conn, engine, cart, locked=answer.get("locked", False))
     try:
         return Placed(
             await place_from_hold(conn, hold.id, channel=channel, cart_id=cart_id),
@@ -94,13 +106,50 @@ async def checkout(
         raise
 
 
+async def checkout_at_once(
+    conn: Connection, cart_id: UUID, *, channel: str, engine: InventoryEngine
+) -> Placed | None:
+    """Check the cart out in one statement, outside any transaction (it is its own): what a
+    cart of cold skus takes (see ``checkout_place``, migration 0014). None: the cart needs
+    ``checkout``'s way, in a transaction; nothing was written."""
+    engine_skus = engine.engine_skus()
+    if engine_skus is None:
+        return None
+    answer, transaction_id = await _place_in_one_call(conn, cart_id, channel, engine_skus)
+    if "order" not in answer:
+        return None
+    return _placed_in_one_call(engine, answer, transaction_id)
+
+
+async def _place_in_one_call(
+    conn: Connection, cart_id: UUID, channel: str, engine_skus: list[str]
+) -> tuple[dict[str, Any], str]:
+    with sql_refusals():  # an unknown, closed, empty or unpriced cart is refused
+        row = await conn.fetchrow(
+            "SELECT checkout_place($1, $2, $3, $4, $5, $6) AS answer, "
+            "pg_current_xact_id()::text AS xact",
+            cart_id, channel, engine_skus, CHECKOUT_SCOPE, CHECKOUT_HOLD_TTL_MS,
+            StrategyName.BATCHED,
+        )  # fmt: skip
+    assert row is not None  # one row, always
+    return row["answer"], row["xact"]
+
+
+def _placed_in_one_call(
+    engine: InventoryEngine, answer: dict[str, Any], transaction_id: str
+) -> Placed:
+    order = Order.model_validate(answer["order"])
+    engine.count_within([(line.sku, line.quantity) for line in order.lines])
+    return Placed(order, transaction_id)
+
+
 async def _hold_cart(
-    conn: Connection, engine: InventoryEngine, cart: dict[str, Any]
+    conn: Connection, engine: InventoryEngine, cart: dict[str, Any], *, locked: bool
 ) -> tuple[Hold, bool]:
     """Hold the cart's lines at the region's fullest locations, in this transaction where the
     engine can (see ``InventoryEngine.hold_within``; the flag says whether it did). The
     allocation reads stock without locks; if a concurrent sale took units first, allocate
-    again from fresh figures."""
+    again from fresh figures. ``locked``: the transaction holds stock rows already."""
     wanted = list(zip(cart["skus"], cart["quantities"], strict=True))
     supply = cart["supply"]
     for attempt in range(_ALLOCATION_ATTEMPTS):
@@ -116,7 +165,7 @@ async def _hold_cart(
         )
         try:
             # After a refusal, the transaction may hold the refused attempt's stock rows.
-            return await engine.hold_within(conn, request, locked=attempt > 0)
+            return await engine.hold_within(conn, request, locked=locked or attempt > 0)
         except InsufficientStock:
             if attempt == _ALLOCATION_ATTEMPTS - 1:
                 raise

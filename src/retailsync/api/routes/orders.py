@@ -8,7 +8,15 @@ from starlette.responses import Response
 
 from retailsync.access import STATUS_SCOPE, Principal, Scope
 from retailsync.api.auth import authenticate, requires
-from retailsync.api.http import Reply, database, etag, if_match, read_response, write
+from retailsync.api.http import (
+    Reply,
+    database,
+    etag,
+    if_match,
+    read_response,
+    write,
+    write_alone,
+)
 from retailsync.api.routes.reservations import owner_of
 from retailsync.api.schemas import OrderBody, StatusBody
 from retailsync.db.database import Connection
@@ -34,17 +42,10 @@ async def checkout(
     exactly its lines) and place the order, all or nothing."""
 
     placed: Order | None = None  # stays None when the answer is a replay
+    engine = request.app.state.engine
 
-    async def work(conn: Connection) -> Reply:
+    def reply(result: orders.Placed) -> Reply:
         nonlocal placed
-        result = await orders.checkout(
-            conn,
-            body.cart_id,
-            channel=principal.channel,
-            engine=request.app.state.engine,
-            hold_id=body.hold_id,
-            owner=owner_of(principal),
-        )
         placed = result.order
         return Reply(
             placed,
@@ -54,7 +55,31 @@ async def checkout(
             transaction_id=result.transaction_id,
         )
 
-    response = await write(request, principal, work)
+    async def at_once(conn: Connection) -> Reply | None:
+        result = await orders.checkout_at_once(
+            conn, body.cart_id, channel=principal.channel, engine=engine
+        )
+        return None if result is None else reply(result)
+
+    async def work(conn: Connection) -> Reply:
+        return reply(
+            await orders.checkout(
+                conn,
+                body.cart_id,
+                channel=principal.channel,
+                engine=engine,
+                hold_id=body.hold_id,
+                owner=owner_of(principal),
+                in_one_call=not tried,
+            )
+        )
+
+    # A cart of cold skus is checked out in one statement; any other, and any checkout with
+    # an Idempotency-Key or a hold of its own, in a transaction.
+    tried = body.hold_id is None and request.headers.get("idempotency-key") is None
+    response = await write_alone(request, at_once) if tried else None
+    if response is None:
+        response = await write(request, principal, work)
     if placed is not None:  # counted once the transaction has committed
         metrics.record_order(principal.channel, placed)
     return response
