@@ -1,7 +1,7 @@
 """kill -9 of `retailsync serve` in the middle of a checkout load on skus that are not hot:
 every acknowledged order is in the database with its cart closed, and no hold is left
-behind (a checkout's hold of a cold sku is written in the order's transaction, so one that
-died before committing took its hold with it), and the stock balances."""
+behind (a cold cart's checkout is one statement, hold and order, so one that died before it
+committed took its hold with it), and the stock balances."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ async def test_kill_9_mid_checkout_load_strands_no_stock(db: Database, database_
             )
             return len(acked) >= 50 and placing > 0
 
-        # A checkout has its hold written and its transaction still open.
+        # A checkout's statement is running: it may commit after the worker is gone.
         await crash_when(server, shoppers, mid_checkout, "a checkout between hold and commit")
 
     async with db.connection() as conn, conn.transaction(isolation="repeatable_read"):
