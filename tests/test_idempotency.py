@@ -46,6 +46,8 @@ class TestRetries:
         ]
         assert {a.status_code for a in answers} == {201}
         assert len({a.json()["id"] for a in answers}) == 1
+        assert [a.headers.get("idempotent-replayed") for a in answers] == [None, "true", "true"]
+        assert {a.headers["etag"] for a in answers} == {answers[0].headers["etag"]}
         assert await api.count("orders") == 1
         assert await api.available("SKU-1") == 13
 

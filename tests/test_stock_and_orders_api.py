@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 import pytest
 
@@ -130,6 +132,13 @@ class TestCheckout:
         assert order["total_minor"] == 12 * 1999 + 500
         assert order["currency"] == "EUR"
         assert response.headers["location"] == f"/v1/orders/{order['id']}"
+        assert response.headers["etag"] == f'"{order["version"]}"'
+        # The token names the transaction that wrote the order (one statement, its own).
+        assert await api.db.fetchval(
+            "SELECT xmin = xid($1::text::xid8) FROM orders WHERE id = $2",
+            response.headers["consistency-token"],
+            uuid.UUID(order["id"]),
+        )
         stock = await api.ok("GET", "/v1/stock/SKU-1")
         assert stock["available"] == 3
         assert sum(loc["reserved"] for loc in stock["locations"]) == 12

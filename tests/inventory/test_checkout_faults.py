@@ -1,7 +1,9 @@
 """kill -9 of `retailsync serve` in the middle of a checkout load on skus that are not hot:
 every acknowledged order is in the database with its cart closed, and no hold is left
-behind (a cold cart's checkout is one statement, hold and order, so one that died before it
-committed took its hold with it), and the stock balances."""
+behind, and the stock balances. Twice: without an Idempotency-Key a cold cart's checkout is
+one statement, hold and order, so one that died before it committed took its hold with it;
+with one, the same statement runs in a transaction with the stored answer, killed while that
+transaction is open."""
 
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ async def open_carts(db: Database) -> list[str]:
     return made
 
 
-async def test_kill_9_mid_checkout_load_strands_no_stock(db: Database, database_dsn: str) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["one-statement", "idempotency-key"])
+async def test_kill_9_mid_checkout_load_strands_no_stock(
+    db: Database, database_dsn: str, keyed: bool
+) -> None:
     await stocked(db, dict.fromkeys(SKUS, 200))
     _, secret = await new_key(db)
     queue = await open_carts(db)
@@ -48,8 +53,9 @@ async def test_kill_9_mid_checkout_load_strands_no_stock(db: Database, database_
         async with httpx.AsyncClient(base_url=base_url, timeout=5, headers=headers) as client:
             while queue:
                 cart = queue.pop()
+                key = {"Idempotency-Key": f"checkout-{cart}"} if keyed else {}
                 try:
-                    response = await client.post("/v1/orders", json={"cart_id": cart})
+                    response = await client.post("/v1/orders", json={"cart_id": cart}, headers=key)
                 except httpx.HTTPError:
                     return  # the server is gone: this checkout's answer was lost
                 assert response.status_code == 201, response.text
@@ -60,15 +66,21 @@ async def test_kill_9_mid_checkout_load_strands_no_stock(db: Database, database_
     with TunedServe(database_dsn, settings=settings) as server:
         shoppers = [asyncio.create_task(shopper(server.base_url)) for _ in range(SHOPPERS)]
 
+        # Without a key: a checkout's statement is running, and may commit after the worker
+        # is gone. With one: a checkout's transaction is open between its statements.
+        placing_now = (
+            "state = 'idle in transaction'"
+            if keyed
+            else "query LIKE '%checkout_place(%' AND state = 'active'"
+        )
+
         async def mid_checkout() -> bool:
             placing = await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND query LIKE '%checkout_place(%' AND state = 'active' "
-                "AND pid <> pg_backend_pid()"
+                f"AND {placing_now} AND pid <> pg_backend_pid()"
             )
             return len(acked) >= 50 and placing > 0
 
-        # A checkout's statement is running: it may commit after the worker is gone.
         await crash_when(server, shoppers, mid_checkout, "a checkout between hold and commit")
 
     async with db.connection() as conn, conn.transaction(isolation="repeatable_read"):

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from retailsync.db.database import Connection, Database
 from retailsync.errors import InsufficientStock
 from retailsync.inventory.engine import InventoryEngine
+from retailsync.inventory.escrow import allot, give_back
 from retailsync.inventory.model import Policy, StrategyName
 from retailsync.inventory.policies import set_policy
 from retailsync.services import carts, orders
 from retailsync.services.allocation import Supply, allocate
-from tests.inventory.conftest import LOCATIONS, stocked
+from tests.inventory.conftest import LOCATIONS, request, stocked
 from tests.inventory.test_hold_within import assert_balanced, rolled_back
 
 SKUS = ("A", "B", "C")
@@ -148,12 +149,13 @@ async def test_it_leaves_a_cart_it_should_not_take_with_nothing_written(
         assert (await place(conn, hot, ["HOT"]))["locked"] is False
         assert (await place(conn, limited, []))["locked"] is False
         assert (await place(conn, short, []))["locked"] is True
-        assert await written(db) == before  # (another connection: nothing committed either)
     assert await written(db) == before
     await engine.refresh_policies()
     async with db.connection() as conn:
-        for cart in (limited, short):
-            assert await orders.checkout_at_once(conn, cart, channel="web", engine=engine) is None
+        assert await orders.checkout_at_once(conn, limited, channel="web", engine=engine) is None
+        with pytest.raises(InsufficientStock) as refused:  # no units anywhere: refused at once
+            await orders.checkout_at_once(conn, short, channel="web", engine=engine)
+    assert [(s.sku, s.requested, s.available) for s in refused.value.shortages] == [("SHORT", 5, 4)]
     assert await written(db) == before
     with pytest.raises(InsufficientStock):  # the rows were locked: the retries stay with them
         async with db.transaction() as conn:
@@ -166,6 +168,29 @@ async def test_it_leaves_a_cart_it_should_not_take_with_nothing_written(
     await assert_balanced(db)
 
 
+async def test_units_in_another_process_escrow_leave_the_cart_to_the_slower_way(
+    engine: InventoryEngine, db: Database
+) -> None:
+    """The rows alone fall short but another process's escrow lane holds the rest: not a
+    refusal by checkout_place (only the engines can give those units back), and nothing
+    written; once the lane has given them back, the one statement takes the cart."""
+    await stocked(db, {"A": 3})  # 3 at each of two locations
+    other, place_ = "other-process/0", ("A", LOCATIONS[0])
+    async with db.transaction() as conn:
+        assert (await allot(conn, other, place_, need=2, wanted=2, floor=0, lease_s=60))[0] == 2
+        cart = await cart_of(conn, {"A": 5})
+    before = await written(db)
+    async with db.connection() as conn:
+        assert await orders.checkout_at_once(conn, cart, channel="web", engine=engine) is None
+        assert await written(db) == before
+        async with conn.transaction():
+            await give_back(conn, [other], [place_])
+        placed = await orders.checkout_at_once(conn, cart, channel="web", engine=engine)
+    assert placed is not None
+    assert [(line.sku, line.quantity) for line in placed.order.lines] == [("A", 5)]
+    await assert_balanced(db)
+
+
 async def test_skus_turn_to_the_engine_as_they_get_hot(
     engine: InventoryEngine, db: Database
 ) -> None:
@@ -173,3 +198,22 @@ async def test_skus_turn_to_the_engine_as_they_get_hot(
     assert engine.engine_skus() == []
     engine.count_within([("A", 1)] * int(engine.config.hot_rps))
     assert engine.engine_skus() == ["A"]
+
+
+async def test_a_sku_in_this_process_escrow_is_left_to_the_engine(
+    engine: InventoryEngine, db: Database
+) -> None:
+    """Units of B sit in this engine's lanes: its carts take the engine's way (which can sell
+    from the lanes), and the one statement leaves them with nothing written."""
+    await stocked(db, {"A": 100, "B": 100})
+    await engine.hold(request(("B", LOCATIONS[0], 1)), strategy=StrategyName.ESCROW)
+    assert engine.engine_skus() == ["B"]
+    async with db.transaction() as conn:
+        cart = await cart_of(conn, {"A": 1, "B": 2})
+    before = await written(db)
+    async with db.connection() as conn:
+        assert await orders.checkout_at_once(conn, cart, channel="web", engine=engine) is None
+    assert await written(db) == before
+    async with db.transaction() as conn:
+        placed = await orders.checkout(conn, cart, channel="web", engine=engine)
+    assert [(line.sku, line.quantity) for line in placed.order.lines] == [("A", 1), ("B", 2)]

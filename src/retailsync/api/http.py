@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -20,6 +21,7 @@ from retailsync.services import idempotency
 
 _VERSION_TAG = re.compile(r'^(?:W/)?"(\d{1,18})"$')
 _TRANSACTION_ID = "SELECT pg_current_xact_id()::text"
+T = TypeVar("T")
 _RETRIES = 3  # a deadlock or serialization failure rolls everything back; try again
 
 
@@ -102,14 +104,12 @@ async def write_alone(
     if request.headers.get("idempotency-key") is not None:
         return None
     db = database(request)
-    for attempt in range(_RETRIES):
-        try:
-            async with db.connection() as conn:
-                reply = await work(conn)
-            break
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-            if attempt == _RETRIES - 1:
-                raise
+
+    async def attempt() -> Reply | None:
+        async with db.connection() as conn:
+            return await work(conn)
+
+    reply = await _retried(attempt)
     if reply is None:
         return None
     assert reply.transaction_id is not None, "a statement alone reads its transaction's id"
@@ -135,27 +135,36 @@ async def write(
         key = idempotency.validate_key(key)
         target = request.url.path + ("?" + request.url.query if request.url.query else "")
         request_print = idempotency.fingerprint(request.method, target, await request.body())
-    for attempt in range(_RETRIES):
+
+    async def attempt() -> Response:
+        async with db.transaction() as conn:
+            if key is not None:
+                stored = await idempotency.claim(conn, principal.key_id, key, request_print)
+                if stored is not None:
+                    return _replay(stored)
+            reply = await work(conn)
+            response = _response(reply)
+            if key is not None:
+                answer = idempotency.StoredAnswer(
+                    reply.status_code, bytes(response.body), response.headers.get("etag")
+                )
+                await idempotency.record(conn, principal.key_id, key, answer)
+            # Read-your-writes: a cached read presenting the transaction's id waits until
+            # its changes reached that worker's cache (or reads through).
+            token = reply.transaction_id or await conn.fetchval(_TRANSACTION_ID)
+        response.headers["Consistency-Token"] = token
+        return response
+
+    return await _retried(attempt)
+
+
+async def _retried(attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt``, again after a deadlock or serialization failure (which rolled it back)."""
+    for tries in range(1, _RETRIES + 1):
         try:
-            async with db.transaction() as conn:
-                if key is not None:
-                    stored = await idempotency.claim(conn, principal.key_id, key, request_print)
-                    if stored is not None:
-                        return _replay(stored)
-                reply = await work(conn)
-                response = _response(reply)
-                if key is not None:
-                    answer = idempotency.StoredAnswer(
-                        reply.status_code, bytes(response.body), response.headers.get("etag")
-                    )
-                    await idempotency.record(conn, principal.key_id, key, answer)
-                # Read-your-writes: a cached read presenting the transaction's id waits
-                # until its changes reached that worker's cache (or reads through).
-                token = reply.transaction_id or await conn.fetchval(_TRANSACTION_ID)
-            response.headers["Consistency-Token"] = token
-            return response
+            return await attempt()
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-            if attempt == _RETRIES - 1:
+            if tries == _RETRIES:
                 raise
     raise AssertionError("unreachable")
 

@@ -9,10 +9,14 @@ its row lock. A hold taken elsewhere (``POST /v1/reservations``) can be committe
 order the same way. Stock rows are always locked in (sku, location) order, so checkouts and
 status changes cannot deadlock each other.
 
-A checkout is three calls: ``checkout_cart`` (lock the cart, read its lines and their supply,
-and the transaction's id for the consistency token), the hold (``inventory_hold_batch``,
-here or on the engine's connections), and ``order_place`` (migration 0013). The rules live in
-those functions; the allocation stays here.
+A cart of cold skus (none hot, in escrow or with a policy of its own) is checked out in one
+call, ``checkout_place`` (migration 0014): lock, allocate, hold and order in one statement,
+which is its own transaction when the request has no Idempotency-Key. Any other is three
+calls: ``checkout_cart`` (lock the cart, read its lines and their supply, and the
+transaction's id for the consistency token), the hold (``inventory_hold_batch``, here or on
+the engine's connections), and ``order_place`` (migration 0013). The rules live in those
+functions; ``allocate`` here is the reference that ``checkout_place``'s allocation is tested
+against.
 
     placed -> paid -> shipped -> delivered        placed | paid -> cancelled (stock returns)
 """
@@ -29,7 +33,7 @@ from retailsync.errors import InsufficientStock, InvalidTransition, NotFound
 from retailsync.inventory.ledger import give_back, lock_stock_rows
 from retailsync.inventory.model import Hold, HoldRequest, StrategyName
 from retailsync.models import Order, OrderStatus
-from retailsync.services.allocation import Supply, allocate
+from retailsync.services.allocation import Allocation, Supply, allocate
 from retailsync.services.sql_refusals import sql_refusals
 from retailsync.services.versioned import check_expected
 
@@ -75,11 +79,13 @@ async def checkout(
     it was one round trip of six, on the path that has the least time to spare at a peak.
     ``in_one_call``: try ``checkout_place`` first (False: the caller just learnt that it
     would not do)."""
-    engine_skus = engine.engine_skus() if hold_id is None and in_one_call else None
-    if engine_skus is not None:
-        answer, transaction_id = await _place_in_one_call(conn, cart_id, channel, engine_skus)
-        if "order" in answer:
-            return _placed_in_one_call(engine, answer, transaction_id)
+    tried = None
+    if hold_id is None and in_one_call:
+        tried = await _try_in_one_call(conn, cart_id, channel, engine)
+    if isinstance(tried, Placed):
+        return tried
+    if tried is not None:
+        answer, transaction_id = tried
     else:
         with sql_refusals():  # locks the cart; refuses an empty or unpriced one before holding
             row = await conn.fetchrow(
@@ -111,19 +117,26 @@ async def checkout_at_once(
 ) -> Placed | None:
     """Check the cart out in one statement, outside any transaction (it is its own): what a
     cart of cold skus takes (see ``checkout_place``, migration 0014). None: the cart needs
-    ``checkout``'s way, in a transaction; nothing was written."""
+    ``checkout``'s way, in a transaction; nothing was written. A cart its region cannot cover,
+    escrow lanes included, is refused here, without that second pass."""
+    tried = await _try_in_one_call(conn, cart_id, channel, engine)
+    if tried is None or isinstance(tried, Placed):
+        return tried
+    answer, _ = tried
+    if answer["locked"]:  # the rows alone fell short: units in escrow may still cover it
+        _allocate_cart(answer["cart"], answer["cart"]["supply"])
+    return None
+
+
+async def _try_in_one_call(
+    conn: Connection, cart_id: UUID, channel: str, engine: InventoryEngine
+) -> Placed | tuple[dict[str, Any], str] | None:
+    """``checkout_place``'s order, or its answer and the transaction's id when it left the cart
+    to the slower way; None when it cannot be asked (the default strategy is not AUTO, so no
+    sku is the database's alone)."""
     engine_skus = engine.engine_skus()
     if engine_skus is None:
         return None
-    answer, transaction_id = await _place_in_one_call(conn, cart_id, channel, engine_skus)
-    if "order" not in answer:
-        return None
-    return _placed_in_one_call(engine, answer, transaction_id)
-
-
-async def _place_in_one_call(
-    conn: Connection, cart_id: UUID, channel: str, engine_skus: list[str]
-) -> tuple[dict[str, Any], str]:
     with sql_refusals():  # an unknown, closed, empty or unpriced cart is refused
         row = await conn.fetchrow(
             "SELECT checkout_place($1, $2, $3, $4, $5, $6) AS answer, "
@@ -132,15 +145,22 @@ async def _place_in_one_call(
             StrategyName.BATCHED,
         )  # fmt: skip
     assert row is not None  # one row, always
-    return row["answer"], row["xact"]
-
-
-def _placed_in_one_call(
-    engine: InventoryEngine, answer: dict[str, Any], transaction_id: str
-) -> Placed:
+    answer, transaction_id = row["answer"], row["xact"]
+    if "order" not in answer:
+        return answer, transaction_id
     order = Order.model_validate(answer["order"])
     engine.count_within([(line.sku, line.quantity) for line in order.lines])
     return Placed(order, transaction_id)
+
+
+def _allocate_cart(cart: dict[str, Any], supply: list[list[Any]]) -> list[Allocation]:
+    """The cart's lines at the region's fullest locations (``supply``: checkout_supply's
+    rows); InsufficientStock when any line falls short."""
+    wanted = list(zip(cart["skus"], cart["quantities"], strict=True))
+    allocations, shortages = allocate(wanted, [Supply(*row) for row in supply])
+    if shortages:
+        raise InsufficientStock(shortages)
+    return allocations
 
 
 async def _hold_cart(
@@ -150,12 +170,9 @@ async def _hold_cart(
     engine can (see ``InventoryEngine.hold_within``; the flag says whether it did). The
     allocation reads stock without locks; if a concurrent sale took units first, allocate
     again from fresh figures. ``locked``: the transaction holds stock rows already."""
-    wanted = list(zip(cart["skus"], cart["quantities"], strict=True))
     supply = cart["supply"]
     for attempt in range(_ALLOCATION_ATTEMPTS):
-        allocations, shortages = allocate(wanted, [Supply(*row) for row in supply])
-        if shortages:
-            raise InsufficientStock(shortages)
+        allocations = _allocate_cart(cart, supply)
         request = HoldRequest.create(
             scope=CHECKOUT_SCOPE,
             key=str(uuid4()),

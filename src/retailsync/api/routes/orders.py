@@ -55,10 +55,14 @@ async def checkout(
             transaction_id=result.transaction_id,
         )
 
+    declined = False  # checkout_at_once said the cart needs a transaction: do not ask again
+
     async def at_once(conn: Connection) -> Reply | None:
+        nonlocal declined
         result = await orders.checkout_at_once(
             conn, body.cart_id, channel=principal.channel, engine=engine
         )
+        declined = result is None
         return None if result is None else reply(result)
 
     async def work(conn: Connection) -> Reply:
@@ -70,14 +74,13 @@ async def checkout(
                 engine=engine,
                 hold_id=body.hold_id,
                 owner=owner_of(principal),
-                in_one_call=not tried,
+                in_one_call=not declined,
             )
         )
 
     # A cart of cold skus is checked out in one statement; any other, and any checkout with
     # an Idempotency-Key or a hold of its own, in a transaction.
-    tried = body.hold_id is None and request.headers.get("idempotency-key") is None
-    response = await write_alone(request, at_once) if tried else None
+    response = await write_alone(request, at_once) if body.hold_id is None else None
     if response is None:
         response = await write(request, principal, work)
     if placed is not None:  # counted once the transaction has committed

@@ -195,41 +195,48 @@ BEGIN
         RETURN jsonb_build_object('locked', false, 'cart', checkout_cart_document(
             cart.customer_id, cart.region, cart.skus, cart.quantities));
     END IF;
-    -- Locked in (sku, location) order, the order every writer of stock rows uses.
-    SELECT array_agg(s.sku), array_agg(s.location), array_agg(s.free)
+    -- The region's rows with units free, locked in (sku, location) order, the order every
+    -- writer of stock rows uses. Each row is a LATERAL probe with LIMIT 1, so it is found by
+    -- its key whatever plan this function's cached statement settles on (as in 0005).
+    SELECT array_agg(x.sku), array_agg(x.location), array_agg(t.free)
     INTO row_skus, row_locations, row_free
-    FROM (SELECT t.sku, t.location, t.on_hand - t.reserved AS free
-          FROM stock t JOIN locations l ON l.id = t.location
-          WHERE l.region = cart.region AND t.sku = ANY (cart.skus)
-          ORDER BY t.sku, t.location FOR NO KEY UPDATE OF t) s;
+    FROM (SELECT s.sku, l.id AS location
+          FROM unnest(cart.skus) AS s(sku) CROSS JOIN locations l
+          WHERE l.region = cart.region ORDER BY s.sku, l.id OFFSET 0) AS x
+    CROSS JOIN LATERAL (
+        SELECT t.on_hand - t.reserved AS free FROM stock t
+        WHERE t.sku = x.sku AND t.location = x.location AND t.on_hand > t.reserved
+        LIMIT 1 FOR NO KEY UPDATE
+    ) AS t;
     IF EXISTS (
         SELECT FROM unnest(cart.skus, cart.quantities) AS w(sku, quantity)
-        WHERE w.quantity > (SELECT coalesce(sum(greatest(u.free, 0)), 0)
+        WHERE w.quantity > (SELECT coalesce(sum(u.free), 0)
                             FROM unnest(row_skus, row_free) AS u(sku, free) WHERE u.sku = w.sku)
     ) THEN
         RETURN jsonb_build_object('locked', true, 'cart', checkout_cart_document(
             cart.customer_id, cart.region, cart.skus, cart.quantities));
     END IF;
     -- Each line from its fullest locations: a location is used while the fuller ones before
-    -- it leave some of the line uncovered.
+    -- it leave some of the line uncovered. Ties go by location in code point order, as in
+    -- Python's allocate.
     SELECT array_agg(a.sku ORDER BY a.sku, a.location),
            array_agg(a.location ORDER BY a.sku, a.location),
            array_agg(a.take ORDER BY a.sku, a.location)
     INTO take_skus, take_locations, take_quantities
     FROM (SELECT r.sku, r.location, least(r.free, w.quantity - r.before)::int AS take
           FROM (SELECT u.sku, u.location, u.free,
-                       coalesce(sum(u.free) OVER (PARTITION BY u.sku ORDER BY u.free DESC, u.location
+                       coalesce(sum(u.free) OVER (
+                           PARTITION BY u.sku ORDER BY u.free DESC, u.location COLLATE "C"
                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
-                FROM unnest(row_skus, row_locations, row_free) AS u(sku, location, free)
-                WHERE u.free > 0) r
+                FROM unnest(row_skus, row_locations, row_free) AS u(sku, location, free)) r
           JOIN unnest(cart.skus, cart.quantities) AS w(sku, quantity) ON w.sku = r.sku
           WHERE r.before < w.quantity) a;
 
     found_at := clock_timestamp();
     INSERT INTO holds (id, key_scope, idempotency_key, fingerprint, customer_id, state,
-                       strategy, expires_at)
+                       strategy, expires_at, created_at)
     VALUES (hold, p_scope, hold_key, sha256(convert_to(hold_key, 'UTF8')), cart.customer_id,
-            'held', p_strategy, found_at + p_ttl_ms * interval '1 millisecond');
+            'held', p_strategy, found_at + p_ttl_ms * interval '1 millisecond', found_at);
     placed := order_insert(p_cart, hold, cart.customer_id, cart.region, p_channel,
                            priced.currency, priced.unit_prices, cart.skus, cart.quantities);
     INSERT INTO reservations (hold_id, sku, location, quantity, state, counted, order_id)
