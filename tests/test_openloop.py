@@ -9,9 +9,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retailsync.bench.loadgen import get
-from retailsync.bench.openloop import open_loop
+from retailsync.bench.openloop import let_in_during, open_loop
 from retailsync.bench.stats import percentile
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -142,3 +144,41 @@ async def test_a_request_without_an_answer_is_given_up(server: tuple[int, list[A
     )  # fmt: skip
     assert result.classes["a"].statuses == {0: 10, 200: 30}
     assert asyncio.get_running_loop().time() - started < 2.0
+
+
+spans = st.lists(
+    st.tuples(st.integers(0, 30), st.integers(0, 10)).map(lambda p: (p[0] / 10, sum(p) / 10)),
+    max_size=12,
+)
+
+
+@given(shed=spans, good=spans)
+def test_let_in_during_counts_as_its_definition(
+    shed: list[tuple[float, float]], good: list[tuple[float, float]]
+) -> None:
+    expected = sum(
+        any(written <= g_written and g_answered <= answered for g_written, g_answered in good)
+        for written, answered in shed
+    )
+    assert let_in_during(shed, good) == expected
+
+
+async def test_spans_of_good_and_shed_answers_are_kept(server: tuple[int, list[Answer]]) -> None:
+    port, answers = server
+
+    async def shed_some(head: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET /busy"):
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            return
+        await _quick(head, writer)
+
+    answers[0] = shed_some
+    paths = iter(["/busy" if n % 2 else "/x" for n in range(20)])
+    result = await open_loop(
+        "127.0.0.1", port, rate=100, seconds=0.2,
+        request=lambda: ("a", get(next(paths), {})), good=_good,
+    )  # fmt: skip
+    outcome = result.classes["a"]
+    assert (len(outcome.good_spans), len(outcome.shed_spans)) == (10, 10)
+    assert all(written <= answered for written, answered in outcome.good_spans)
+    assert all(written <= answered for written, answered in outcome.shed_spans)

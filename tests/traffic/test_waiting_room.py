@@ -8,11 +8,9 @@ import asyncio
 import base64
 import itertools
 import json
-import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -22,6 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from starlette.types import Receive, Scope, Send
 
+from retailsync.bench.fifo import Visitor, overtakers, queue_through
 from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.db.database import Database
 from retailsync.errors import ConfigError
@@ -241,19 +240,8 @@ class TestAdmission:
         assert (await event_row(stocked))["issued"] == 0
 
 
-@dataclass
-class Visitor:
-    session: str
-    arrived: tuple[float, float] = (0.0, 0.0)  # request start, answer received
-    position: int = 0
-    token: str = ""
-    waiting_asked: list[float] = field(default_factory=list)  # starts of answered-waiting polls
-    let_in: float = 0.0  # when the answer letting it in came back
-
-
-def overtakers(visitors: list[Visitor]) -> int:
-    """Sessions let in while one that arrived before them (its arrival answered before theirs
-    was sent) was still, afterwards, told to wait: each is a FIFO inversion clients can see."""
+def overtakers_by_definition(visitors: list[Visitor]) -> int:
+    """``overtakers`` as its docstring says it, pair by pair: the reference it is checked on."""
     count = 0
     for b in visitors:
         if any(
@@ -262,6 +250,21 @@ def overtakers(visitors: list[Visitor]) -> int:
         ):
             count += 1
     return count
+
+
+times = st.integers(0, 40).map(lambda t: t / 10)
+
+
+@st.composite
+def visitor_histories(draw: st.DrawFn) -> list[Visitor]:
+    visitors = []
+    for n in range(draw(st.integers(0, 12))):
+        sent = draw(times)
+        answered = sent + draw(times)
+        waits = sorted(answered + w for w in draw(st.lists(times, max_size=3)))
+        let_in = max([answered, *waits]) + draw(times)
+        visitors.append(Visitor(str(n), (sent, answered), waiting_asked=waits, let_in=let_in))
+    return visitors
 
 
 class TestFifoAcrossWorkers:
@@ -275,6 +278,10 @@ class TestFifoAcrossWorkers:
         a.waiting_asked = [0.5, 0.9]
         assert overtakers([a, b, c]) == 0
 
+    @given(visitor_histories())
+    def test_the_checker_counts_as_its_definition(self, visitors: list[Visitor]) -> None:
+        assert overtakers(visitors) == overtakers_by_definition(visitors)
+
     async def test_many_concurrent_sessions_are_admitted_fifo(
         self, second_pool: Database, open_room: OpenRoom, database_dsn: str, stocked: Database
     ) -> None:
@@ -282,33 +289,8 @@ class TestFifoAcrossWorkers:
         rooms = [await open_room(config), await open_room(config, second_pool)]
         clients = [client_of(room) for room in rooms]
         visitors = [Visitor(new_session()) for _ in range(240)]
-        rng = random.Random(7)
-
-        async def arrive(v: Visitor) -> None:
-            client = rng.choice(clients)
-            started = time.perf_counter()
-            response = await client.get(SALE, headers={**JSON, SESSION: v.session})
-            v.arrived = (started, time.perf_counter())
-            if response.status_code == 200:
-                v.let_in = v.arrived[1]
-                return
-            v.position, v.token = response.json()["position"], response.headers[TOKEN]
-
-        async def poll(v: Visitor) -> None:
-            while not v.let_in:
-                await asyncio.sleep(rng.uniform(0.02, 0.08))
-                started = time.perf_counter()
-                headers = {**JSON, SESSION: v.session, TOKEN: v.token}
-                response = await rng.choice(clients).get(SALE, headers=headers)
-                if response.status_code == 200:
-                    v.let_in = time.perf_counter()
-                else:
-                    assert response.status_code == 202, response.text
-                    v.waiting_asked.append(started)
-
-        for wave in range(0, len(visitors), 12):  # waves of concurrent arrivals
-            await asyncio.gather(*(arrive(v) for v in visitors[wave : wave + 12]))
-        queued = [v for v in visitors if not v.let_in]
+        await queue_through(clients, SALE, visitors, wave=12, seed=7, timeout_s=60)
+        queued = [v for v in visitors if v.position]
         assert len(queued) > 150  # the arrivals outran the rate
         positions = [v.position for v in queued]
         assert len(set(positions)) == len(positions)
@@ -317,7 +299,6 @@ class TestFifoAcrossWorkers:
         for a, b in itertools.pairwise(ordered):
             if a.arrived[1] < b.arrived[0]:
                 assert a.position < b.position
-        await asyncio.wait_for(asyncio.gather(*(poll(v) for v in queued)), 60)
         drained_s = max(v.let_in for v in queued) - min(v.arrived[0] for v in queued)
         for client in clients:
             await client.aclose()

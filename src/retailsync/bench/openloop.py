@@ -14,8 +14,10 @@ server's listen backlog, and each retried SYN cost its request a second.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,9 @@ class ClassResult:
     statuses: dict[int, int] = field(default_factory=dict)  # 0: no answer (reset, timeout)
     good_latencies: list[float] = field(default_factory=list)  # from the intended send time
     send_waits: list[float] = field(default_factory=list)  # due until written: no connection
+    # (written, answered) of each good answer and each shed one, for ``let_in_during``.
+    good_spans: list[tuple[float, float]] = field(default_factory=list)
+    shed_spans: list[tuple[float, float]] = field(default_factory=list)
 
     def report(self, seconds: float, good: Callable[[int], bool]) -> dict[str, object]:
         goodput = sum(n for status, n in self.statuses.items() if good(status))
@@ -71,6 +76,7 @@ class _Job:
     name: str
     raw: bytes
     intended: float  # when it was due to be sent: its latency runs from here
+    written: float = 0.0  # when it was sent
 
 
 class _Connection(asyncio.Protocol):
@@ -192,7 +198,8 @@ class _Run:
 
     def _send(self, connection: _Connection, job: _Job) -> None:
         self.busy.add(connection)
-        self.result.classes[job.name].send_waits.append(time.perf_counter() - job.intended)
+        job.written = time.perf_counter()
+        self.result.classes[job.name].send_waits.append(job.written - job.intended)
         connection.send(job)
 
     def answered(self, connection: _Connection, job: _Job, status: int) -> None:
@@ -223,7 +230,11 @@ class _Run:
         outcome = self.result.classes[job.name]
         outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
         if status and self.good(job.name, status):
-            outcome.good_latencies.append(time.perf_counter() - job.intended)
+            now = time.perf_counter()
+            outcome.good_latencies.append(now - job.intended)
+            outcome.good_spans.append((job.written, now))
+        elif status in (429, 503):
+            outcome.shed_spans.append((job.written, time.perf_counter()))
         self.left -= 1
         if self.left == 0 and not self.finished.done():
             self.finished.set_result(None)
@@ -274,3 +285,20 @@ async def open_loop(
     finally:
         run.close()
     return result
+
+
+def let_in_during(shed: list[tuple[float, float]], good: list[tuple[float, float]]) -> int:
+    """How many of the ``shed`` requests had one of ``good`` sent after them and answered
+    before their refusal came back: a request the server let in while it was, or was about to
+    be, refusing the shed one. An upper bound on admission-order inversions as the server saw
+    them (it cannot tell two workers apart, nor a refusal made just before that admission)."""
+    by_written = sorted(good)
+    starts = [written for written, _ in by_written]
+    # earliest[i]: the earliest answer among the good requests sent at starts[i] or later.
+    earliest = list(itertools.accumulate(reversed([a for _, a in by_written]), min))[::-1]
+    count = 0
+    for written, answered in shed:
+        first = bisect.bisect_left(starts, written)
+        if first < len(earliest) and earliest[first] <= answered:
+            count += 1
+    return count

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import time
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from typing import Any
 
 import msgspec
 
+from retailsync.bench.fifo import fifo_report
 from retailsync.bench.loadgen import closed_loop, get, post
-from retailsync.bench.openloop import open_loop
+from retailsync.bench.openloop import let_in_during, open_loop
 from retailsync.bench.private import private_database
 from retailsync.bench.stats import percentile
 from retailsync.db.database import Database
@@ -40,15 +42,21 @@ class OverloadPlan:
     workers: int = 2
     capacity_clients: int = 48
     pause_s: float = 2.0  # between levels, for queues to drain
+    # The waiting room's order, after the managed levels: sessions arriving at a sale event
+    # that admits this many a second.
+    queue_sessions: int = 400
+    queue_rate_per_s: float = 50.0
 
 
-QUICK = OverloadPlan(products=1000, capacity_seconds=3, level_seconds=4)
+QUICK = OverloadPlan(products=1000, capacity_seconds=3, level_seconds=4, queue_sessions=200)
 FULL = OverloadPlan(products=5000, capacity_seconds=8, level_seconds=10)
 # Connections open before each level's clock starts (see openloop.py): at 10x, opened as
 # requests came due, the retried SYNs were most of checkout's p99.
 PREOPEN = 2000
 MIX = (("browse", 60), ("product", 30), ("cart", 8), ("checkout", 2))
 _REGION = "eu"
+_BELOW_CHECKOUT = ("cart", "product", "browse")  # the mix's classes less critical than checkout
+_SALE = "bench-drop"  # the sale event of the waiting room's run, on a sku the mix leaves out
 
 
 def _good(name: str, status: int) -> bool:
@@ -166,10 +174,24 @@ async def _decision_us() -> dict[str, float]:
     }
 
 
+@dataclass(slots=True)
+class ModeResult:
+    capacity: float
+    checkout_capacity: float | None  # measured in the first mode only
+    levels: dict[str, Any]
+    waiting_room: dict[str, Any] | None  # managed mode only
+
+
+def _sale_event(sku: str, plan: OverloadPlan) -> str:
+    event = {"name": _SALE, "paths": [f"/v1/products/{sku}"], "skus": [sku]}
+    return json.dumps([event | {"rate_per_s": plan.queue_rate_per_s, "burst": 1}])
+
+
 async def _mode(
     dsn: str, db: Database, plan: OverloadPlan, secret: str, skus: list[str], *,
     managed: bool, capacity: float | None, progress: Progress,
-) -> tuple[float, float | None, dict[str, Any]]:  # fmt: skip
+) -> ModeResult:  # fmt: skip
+    """``skus[0]`` is the sale event's; the mix gets the others."""
     from retailsync.demo.server import ApiServer
 
     label = "on" if managed else "off"
@@ -179,11 +201,14 @@ async def _mode(
         checkouts += plan.capacity_seconds * 1000  # the checkout-only closed loop
     checkout_carts = await _carts(db, skus, int(checkouts), f"co-{label}")
     edit_carts = await _carts(db, skus, 200, f"ed-{label}")
+    sale_sku, skus = skus[0], skus[1:]
     mix = Mix(secret, skus, checkout_carts, edit_carts)
     env = {
         "RETAILSYNC_SERVE_CAPTURE": "false",
         "RETAILSYNC_TRAFFIC_MANAGEMENT": "true" if managed else "false",
     }
+    if managed:
+        env["RETAILSYNC_WAITING_ROOMS"] = _sale_event(sale_sku, plan)
     levels: dict[str, Any] = {}
     checkout_capacity = None
     with ApiServer(dsn, workers=plan.workers, env=env) as server:
@@ -206,7 +231,17 @@ async def _mode(
             )  # fmt: skip
             levels[f"{level:g}x"] = _level_report(result, plan.level_seconds)
             await asyncio.sleep(plan.pause_s)
-    return capacity, checkout_capacity, levels
+        waiting_room = None
+        if managed:
+            progress(
+                f"waiting room: {plan.queue_sessions} sessions at a sale admitting "
+                f"{plan.queue_rate_per_s:g}/s, on any worker"
+            )
+            waiting_room = await fifo_report(
+                f"http://127.0.0.1:{server.port}", mix.auth, f"/v1/products/{sale_sku}",
+                sessions=plan.queue_sessions, rate_per_s=plan.queue_rate_per_s,
+            )  # fmt: skip
+    return ModeResult(capacity, checkout_capacity, levels, waiting_room)
 
 
 def _level_report(result: Any, seconds: float) -> dict[str, Any]:
@@ -216,6 +251,11 @@ def _level_report(result: Any, seconds: float) -> dict[str, Any]:
     }
     checkout = classes.get("checkout", {})
     browse = classes.get("browse", {})
+    lower_let_in = [
+        span for name in _BELOW_CHECKOUT if name in result.classes
+        for span in result.classes[name].good_spans
+    ]  # fmt: skip
+    checkout_shed = result.classes["checkout"].shed_spans if "checkout" in result.classes else []
     return {
         "offered_per_s": round(sum(c["offered"] for c in classes.values()) / seconds),
         "sender_behind_s": round(result.behind_s, 3),
@@ -224,6 +264,8 @@ def _level_report(result: Any, seconds: float) -> dict[str, Any]:
         "checkout_goodput_ratio": checkout.get("goodput_ratio", 0.0),
         "checkout_p99_ms": checkout.get("p99_ms"),
         "browse_shed_ratio": browse.get("shed_ratio", 0.0),
+        # An upper bound (see let_in_during): the target is none.
+        "checkout_shed_while_lower_admitted": let_in_during(checkout_shed, lower_let_in),
     }
 
 
@@ -232,19 +274,20 @@ async def run_overload_bench(plan: OverloadPlan, progress: Progress) -> dict[str
     async with private_database(progress, pool_max=16) as (dsn, db):
         progress(f"seeding {plan.products:,} products")
         secret, skus = await _prepare(db, plan)
-        capacity, checkout_capacity, off = await _mode(
+        off = await _mode(
             dsn, db, plan, secret, skus, managed=False, capacity=None, progress=progress
         )
-        _, _, on = await _mode(
-            dsn, db, plan, secret, skus, managed=True, capacity=capacity, progress=progress
+        on = await _mode(
+            dsn, db, plan, secret, skus, managed=True, capacity=off.capacity, progress=progress
         )
-    levels = {level: {"on": on[level], "off": off[level]} for level in on}
+    levels = {level: {"on": on.levels[level], "off": off.levels[level]} for level in on.levels}
     return {
         "plan": asdict(plan),
         "mix": dict(MIX),
-        "capacity_rps": round(capacity),
-        "checkout_capacity_rps": round(checkout_capacity or 0),
+        "capacity_rps": round(off.capacity),
+        "checkout_capacity_rps": round(off.checkout_capacity or 0),
         "admission_decision_us": decision,
         "admission_decision_p99_us": decision["p99"],
         "levels": levels,
+        "waiting_room": on.waiting_room,
     }

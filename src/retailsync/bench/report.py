@@ -226,3 +226,17 @@ def print_overload(report: dict[str, Any], console: Console) -> None:
                     _ms(c["p99_ms"]), _ms(c["p999_ms"]),
                 )  # fmt: skip
         console.print(table)
+        inverted = {mode: modes[mode].get("checkout_shed_while_lower_admitted") for mode in modes}
+        console.print(
+            f"  checkouts shed while a less critical request was let in, at most: "
+            f"on {inverted['on']}, off {inverted['off']}"
+        )
+    room = report.get("waiting_room")
+    if room:
+        console.print(
+            f"waiting room (management on, after the levels): {room['sessions']:,} sessions, "
+            f"{room['queued']:,} queued, drained at {room['drained_per_s']}/s for a rate of "
+            f"{room['rate_per_s']:g}/s; FIFO inversions {room['fifo_inversions']} "
+            f"({room['fifo_inversion_ratio']:.3%}); {room['refused_503']:,} answers 503, asked "
+            "again"
+        )
