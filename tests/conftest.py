@@ -16,17 +16,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 import pytest
 
-from retailsync.api.app import create_app
-from retailsync.config import ServerTarget, load_settings
+from retailsync.config import ServerTarget
 from retailsync.db.database import Database
 from retailsync.db.embedded import EmbeddedPostgres
 from retailsync.db.migrate import migrate
-from retailsync.models import Channel
-from retailsync.services.keys import create_key
-from tests.support import Api
+from tests.support import Api, open_api
 
 # Tables whose rows are reference data written by migrations; every other table is emptied.
 _REFERENCE_TABLES = {"schema_migrations", "order_statuses", "order_status_transitions"}
@@ -38,12 +34,20 @@ def _with_database(dsn: str, database: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """RETAILSYNC_TEST_ONLY_PG=1: keep only the tests that use the PostgreSQL under test (a
-    second pass on another server version need not repeat the pure tests, nor those that
-    start servers of their own)."""
+    """RETAILSYNC_TEST_ONLY_PG=1: keep only the tests that use the PostgreSQL under test and run
+    in this process. A second pass on another server version need not repeat the pure tests,
+    nor those that start servers of their own, nor those that start `retailsync` processes
+    (marked `processes`: what they check is how our processes behave, killed or restarted),
+    nor those of the HTTP surface (marked `surface`: keys, scopes, validation, refusals). The
+    statements either kind sends are also sent by the tests kept here."""
     if os.environ.get("RETAILSYNC_TEST_ONLY_PG") != "1":
         return
-    kept = [item for item in items if "pg_admin_dsn" in getattr(item, "fixturenames", ())]
+    kept = [
+        item
+        for item in items
+        if "pg_admin_dsn" in getattr(item, "fixturenames", ())
+        and not any(item.get_closest_marker(name) for name in ("processes", "surface"))
+    ]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept
 
@@ -67,6 +71,9 @@ def database_dsn(pg_admin_dsn: str) -> Iterator[str]:
     async def create() -> None:
         admin = await asyncpg.connect(pg_admin_dsn)
         await admin.execute(f'CREATE DATABASE "{name}"')
+        # The session's database only: commits need not wait for the WAL flush, since this
+        # server is never crashed under it (the crash tests start servers of their own).
+        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         await admin.close()
         conn = await asyncpg.connect(_with_database(pg_admin_dsn, name))
         await migrate(conn)
@@ -83,10 +90,31 @@ def database_dsn(pg_admin_dsn: str) -> Iterator[str]:
 
 
 async def _empty(conn: asyncpg.Connection) -> None:
-    """Every table but the reference data emptied: what earlier tests left is gone."""
-    tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    names = [f'"{t["tablename"]}"' for t in tables if t["tablename"] not in _REFERENCE_TABLES]
-    await conn.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
+    """Every table but the reference data emptied, and the sequences they own restarted: what
+    earlier tests left is gone. Only the tables holding rows are truncated (with what refers to
+    them): a TRUNCATE of all forty-odd tables costs about 100 ms of new files per test."""
+    tables = [
+        t["tablename"]
+        for t in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        if t["tablename"] not in _REFERENCE_TABLES
+    ]
+    probes = ", ".join(f"(EXISTS (SELECT FROM \"{name}\"), '{name}')" for name in tables)
+    holding = await conn.fetch(f"SELECT name FROM (VALUES {probes}) AS t(full_, name) WHERE full_")
+    async with conn.transaction():
+        if holding:
+            names = ", ".join(f'"{row["name"]}"' for row in holding)
+            await conn.execute(f"TRUNCATE {names} CASCADE")
+        # What RESTART IDENTITY did, for every table: a rolled-back insert moves a sequence too.
+        await conn.execute(
+            """
+            SELECT setval(s.seqrelid, s.seqstart, false)
+            FROM pg_sequence s
+            JOIN pg_depend d ON d.objid = s.seqrelid AND d.classid = 'pg_class'::regclass
+            WHERE d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+              AND d.refobjid = ANY($1::text[]::regclass[])
+            """,
+            [f'"{name}"' for name in tables],
+        )
 
 
 @pytest.fixture
@@ -118,24 +146,8 @@ def empty_dsn(database_dsn: str) -> str:
 
 @pytest.fixture
 async def api(db: Database, database_dsn: str) -> AsyncIterator[Api]:
-    """The real application in-process over ASGI, with one API key per channel."""
-    # Reconciliation is driven by the tests that exercise it, not by the background chore.
-    settings = load_settings(
-        {"db_url": database_dsn, "api_key_cache_seconds": 0, "reconcile_interval_seconds": 3600},
-        environ={},
-    )
-    app = create_app(settings, db=db)
-    secrets_by_channel: dict[Channel, str] = {}
-    async with db.transaction() as conn:
-        for channel in Channel:
-            _, secret = await create_key(conn, channel, label="test")
-            secrets_by_channel[channel] = secret
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://retailsync.test") as client,
-    ):
-        yield Api(client, db, secrets_by_channel)
+    async with open_api(db, database_dsn) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="session")

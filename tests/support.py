@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
+from retailsync.api.app import create_app
+from retailsync.config import load_settings
 from retailsync.db.database import Database
 from retailsync.models import Channel
+from retailsync.services.keys import create_key
 
 ADMIN, WEB, MOBILE, POS, WAREHOUSE = (
     Channel.ADMIN,
@@ -105,3 +110,27 @@ class Api:
         await self.receive("SKU-1", "eu-dc1", 10)
         await self.receive("SKU-1", "eu-store1", 5)
         await self.receive("SKU-2", "eu-dc1", 100)
+
+
+@contextlib.asynccontextmanager
+async def open_api(db: Database, database_dsn: str, **overrides: object) -> AsyncIterator[Api]:
+    """The real application in-process over ASGI, with one API key per channel."""
+    # Reconciliation is driven by the tests that exercise it, not by the background chore.
+    values = {
+        "db_url": database_dsn,
+        "api_key_cache_seconds": 0,
+        "reconcile_interval_seconds": 3600,
+    }
+    settings = load_settings({**values, **overrides}, environ={})
+    app = create_app(settings, db=db)
+    secrets_by_channel: dict[Channel, str] = {}
+    async with db.transaction() as conn:
+        for channel in Channel:
+            _, secret = await create_key(conn, channel, label="test")
+            secrets_by_channel[channel] = secret
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://retailsync.test") as client,
+    ):
+        yield Api(client, db, secrets_by_channel)

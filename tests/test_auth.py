@@ -11,6 +11,8 @@ from retailsync.models import Channel
 from retailsync.services.keys import list_keys, revoke_key
 from tests.support import ADMIN, MOBILE, POS, WAREHOUSE, WEB, Api
 
+pytestmark = pytest.mark.surface
+
 RECEIPT = ("POST", "/v1/stock/SKU-1/eu-dc1/receipts", {"quantity": 1})
 ADJUST = ("POST", "/v1/stock/SKU-1/eu-dc1/adjustments", {"delta": 1, "reason": "x"})
 PRODUCT = ("PUT", "/v1/products/SKU-9", {"title": "t", "category": "toys"})

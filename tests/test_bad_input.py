@@ -10,6 +10,8 @@ import pytest
 from retailsync.models import Channel
 from tests.support import ADMIN, WAREHOUSE, WEB, Api
 
+pytestmark = pytest.mark.surface
+
 LONG = "x" * 201
 
 

@@ -94,6 +94,7 @@ async def test_events_wait_in_the_buffer_while_the_database_is_away(
     assert names == ["s-3", "s-4", "s-5", "s-6", "s-7"]
 
 
+@pytest.mark.processes
 async def test_kill_9_loses_at_most_the_last_interval(db: Database, database_dsn: str) -> None:
     async with db.transaction() as conn:
         _, secret = await create_key(conn, Channel.WEB)

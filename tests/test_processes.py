@@ -18,6 +18,8 @@ import pytest
 
 from tests.processes import Serve, cli, postgres_pids, wait_for
 
+pytestmark = pytest.mark.processes
+
 
 def _create_key(db_url: str, channel: str) -> str:
     result = cli("--db-url", db_url, "keys", "create", "--channel", channel)

@@ -267,6 +267,7 @@ class TestSlotSafety:
         assert after.confirmed_lsn > before.confirmed_lsn + 100_000
         assert after.wal_status in ("reserved", "extended")
 
+    @pytest.mark.processes
     async def test_cdc_status_reports_the_slot(self, cdc_db: Database, cdc_dsn: str) -> None:
         cfg = config()
         await prepare(cdc_db, cfg, own_tables(), snapshot_new=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 
 from retailsync.cdc.capture import Capture, CaptureConfig, prepare
@@ -89,6 +90,7 @@ async def _log_count(log: PostgresEventLog) -> int:
     return sum(r.event.op != "snapshot" for r in await log.read(0, 1_000_000))
 
 
+@pytest.mark.processes
 async def test_kill_9_mid_load_loses_and_doubles_nothing(cdc_db: Database, cdc_dsn: str) -> None:
     slot = f"f_{secrets.token_hex(4)}"
     capture = CaptureProcess(cdc_dsn, slot)

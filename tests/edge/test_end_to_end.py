@@ -9,10 +9,13 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
 from tests.cdc.conftest import cdc_dsn, logical_admin_dsn  # noqa: F401
 from tests.edge.conftest import varnish_in_front
 from tests.processes import Serve, cli
+
+pytestmark = pytest.mark.processes
 
 BOUND_S = 2.0  # generous for a loaded CI machine; `retailsync bench cache` measures the bound
 

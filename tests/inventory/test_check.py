@@ -107,6 +107,7 @@ async def test_rows_the_lines_refer_to_cannot_be_deleted(
     assert await problems(db) == []
 
 
+@pytest.mark.processes
 async def test_the_command_exits_1_on_damage_and_0_when_clean(
     db: Database, database_dsn: str, history: dict[str, str]
 ) -> None:

@@ -18,7 +18,7 @@ from retailsync.services import carts
 from tests.inventory.conftest import stocked
 from tests.inventory.test_faults import TunedServe, assert_stock_consistent, crash_when, new_key
 
-pytestmark = pytest.mark.slow  # starts a server of its own
+pytestmark = [pytest.mark.slow, pytest.mark.processes]  # starts a server of its own
 
 SKUS = [f"COLD-{n}" for n in range(20)]
 CARTS = 1000

@@ -334,6 +334,7 @@ async def new_key(db: Database) -> tuple[str, str]:
 # --- kill -9 of serve --------------------------------------------------------------------
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_kill_9_of_serve_mid_hold_load(db: Database, database_dsn: str, workers: int) -> None:
     """kill -9 of the whole service while shoppers hold the hot sku: every acknowledged hold
@@ -475,6 +476,7 @@ async def test_kill_9_of_serve_mid_hold_load(db: Database, database_dsn: str, wo
     )
 
 
+@pytest.mark.processes
 async def test_kill_9_of_a_multi_worker_serve_stops_its_workers(
     db: Database, database_dsn: str
 ) -> None:

@@ -23,6 +23,8 @@ from retailsync.db.database import Database
 from retailsync.traffic.gate import TrafficGate
 from tests.traffic.test_gate import busy
 
+pytestmark = pytest.mark.surface
+
 
 @dataclass
 class Served:

@@ -374,6 +374,7 @@ end = 2025-11-30T20:00:00Z
         assert "sales.toml" in str(caught.value)
 
 
+@pytest.mark.processes
 class TestCommand:
     """`retailsync capacity` refuses bad flags with exit code 2 and forecasts from the table."""
 

@@ -7,8 +7,12 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
+import pytest
+
 from retailsync.traffic.gate import TrafficGate
 from tests.support import ADMIN, Api
+
+pytestmark = pytest.mark.surface
 
 
 def gate_of(api: Api) -> TrafficGate:

@@ -4,6 +4,7 @@ through the machine's Redis, and the class metrics summed over workers."""
 from __future__ import annotations
 
 import httpx
+import pytest
 import redis
 
 from tests.cache.conftest import REDIS_URL
@@ -11,6 +12,7 @@ from tests.processes import Serve
 from tests.test_processes import _create_key
 
 
+@pytest.mark.processes
 def test_rate_limits_are_shared_by_the_workers(database_dsn: str) -> None:
     key = _create_key(database_dsn, "web")
     env = {

@@ -25,7 +25,7 @@ from retailsync.config import ServerTarget, Settings, load_settings
 from retailsync.db.database import Database
 from retailsync.errors import ConfigError
 from retailsync.traffic.waiting_page import WaitingRoomMiddleware
-from retailsync.traffic.waiting_room import WaitingRoom
+from retailsync.traffic.waiting_room import EventState, WaitingRoom
 from retailsync.traffic.waiting_tokens import QueueToken, TokenRefused, TokenSigner
 
 SALE = "/v1/sale/drop"
@@ -265,6 +265,28 @@ def visitor_histories(draw: st.DrawFn) -> list[Visitor]:
         let_in = max([answered, *waits]) + draw(times)
         visitors.append(Visitor(str(n), (sent, answered), waiting_asked=waits, let_in=let_in))
     return visitors
+
+
+MARK_READ = {"issued": 200, "admitted": 10, "credit": 0.0, "sold_out": False, "outflow": None}
+
+
+class TestLocalBound:
+    """A worker answers "not yet" without asking PostgreSQL only while the mark surely has not
+    reached the position: the mark moves at most the rate a second, counted from when the
+    query that read it was sent (not when its answer came back: it may come back late)."""
+
+    def test_the_bound_counts_from_when_the_query_was_sent(self) -> None:
+        state = EventState()
+        state.take(MARK_READ, sent_at=time.monotonic() - 1.0)  # answered a second late
+        # rate 60: the mark may have moved 60 positions since it was read, so 70 may be in.
+        assert state.may_have_come(70, rate=60.0)
+        assert not state.may_have_come(72, rate=60.0)
+
+    def test_an_older_mark_is_not_taken(self) -> None:
+        state = EventState()
+        state.take(MARK_READ, sent_at=time.monotonic())
+        state.take({**MARK_READ, "admitted": 5}, sent_at=time.monotonic())  # crossed answers
+        assert state.admitted == 10
 
 
 class TestFifoAcrossWorkers:

@@ -168,7 +168,8 @@ class _Routes:
 
 @dataclass(slots=True)
 class EventState:
-    """One worker's copy of an event's state, as of ``seen_at`` (monotonic seconds)."""
+    """One worker's copy of an event's state, as of ``seen_at`` (monotonic seconds): when the
+    query that read it was sent, which is no later than when PostgreSQL computed it."""
 
     issued: int = 0
     admitted: int = 0
@@ -177,11 +178,13 @@ class EventState:
     outflow: float = 0.0  # sessions let in a second, measured over the last 5 s
     seen_at: float = 0.0
 
-    def take(self, answer: asyncpg.Record) -> None:
+    def take(self, answer: asyncpg.Record, sent_at: float) -> None:
         if answer["admitted"] >= self.admitted:  # answers can cross; the mark never goes back
             self.issued, self.admitted = answer["issued"], answer["admitted"]
             self.credit, self.sold_out = answer["credit"], answer["sold_out"]
-            self.seen_at = time.monotonic()
+            # Not when the answer came back: on a loaded machine that can be tens of ms after
+            # the mark was read, time in which the mark moved and the bound below would miss.
+            self.seen_at = sent_at
         if answer["outflow"] is not None:
             self.outflow = answer["outflow"]
 
@@ -239,6 +242,7 @@ class WaitingRoom:
     async def tick(self) -> None:
         """Move every event's mark, check its stock, measure its outflow, publish metrics."""
         for event in self._events:
+            sent_at = time.monotonic()
             answer = await self._db.fetchrow(
                 "SELECT * FROM waiting_room_tick($1, $2, $3, $4, $5)",
                 event.name,
@@ -248,7 +252,7 @@ class WaitingRoom:
                 _OUTFLOW_WINDOW_S,
             )
             assert answer is not None
-            self._take(event, answer)
+            self._take(event, answer, sent_at)
         if time.monotonic() - self._swept_at >= _SWEEP_EVERY_S:
             self._swept_at = time.monotonic()
             for event in self._events:  # no token naming these positions is still valid
@@ -332,6 +336,7 @@ class WaitingRoom:
 
     async def _call(self, function: str, event: SaleEvent, *position: int) -> asyncpg.Record:
         args = ", $4" if position else ""
+        sent_at = time.monotonic()
         answer = await self._db.fetchrow(
             f"SELECT * FROM {function}($1, $2, $3{args})",
             event.name,
@@ -340,12 +345,12 @@ class WaitingRoom:
             *position,
         )
         assert answer is not None
-        self._take(event, answer)
+        self._take(event, answer, sent_at)
         return answer
 
-    def _take(self, event: SaleEvent, answer: asyncpg.Record) -> None:
+    def _take(self, event: SaleEvent, answer: asyncpg.Record, sent_at: float) -> None:
         state = self._state[event.name]
-        state.take(answer)
+        state.take(answer, sent_at)
         LENGTH.labels(event.name).set(state.issued - state.admitted)
         OUTFLOW.labels(event.name).set(state.outflow)
 
