@@ -182,8 +182,8 @@ class ModeResult:
     waiting_room: dict[str, Any] | None  # managed mode only
 
 
-def _sale_event(sku: str, plan: OverloadPlan) -> str:
-    event = {"name": _SALE, "paths": [f"/v1/products/{sku}"], "skus": [sku]}
+def _sale_event(sku: str, path: str, plan: OverloadPlan) -> str:
+    event = {"name": _SALE, "paths": [path], "skus": [sku]}
     return json.dumps([event | {"rate_per_s": plan.queue_rate_per_s, "burst": 1}])
 
 
@@ -202,13 +202,14 @@ async def _mode(
     checkout_carts = await _carts(db, skus, int(checkouts), f"co-{label}")
     edit_carts = await _carts(db, skus, 200, f"ed-{label}")
     sale_sku, skus = skus[0], skus[1:]
+    sale_path = f"/v1/products/{sale_sku}"
     mix = Mix(secret, skus, checkout_carts, edit_carts)
     env = {
         "RETAILSYNC_SERVE_CAPTURE": "false",
         "RETAILSYNC_TRAFFIC_MANAGEMENT": "true" if managed else "false",
     }
     if managed:
-        env["RETAILSYNC_WAITING_ROOMS"] = _sale_event(sale_sku, plan)
+        env["RETAILSYNC_WAITING_ROOMS"] = _sale_event(sale_sku, sale_path, plan)
     levels: dict[str, Any] = {}
     checkout_capacity = None
     with ApiServer(dsn, workers=plan.workers, env=env) as server:
@@ -238,7 +239,7 @@ async def _mode(
                 f"{plan.queue_rate_per_s:g}/s, on any worker"
             )
             waiting_room = await fifo_report(
-                f"http://127.0.0.1:{server.port}", mix.auth, f"/v1/products/{sale_sku}",
+                f"http://127.0.0.1:{server.port}", mix.auth, sale_path,
                 sessions=plan.queue_sessions, rate_per_s=plan.queue_rate_per_s,
             )  # fmt: skip
     return ModeResult(capacity, checkout_capacity, levels, waiting_room)
