@@ -22,35 +22,32 @@ class TestLostUpdates:
         # Traffic management off: here the writers must race each other, not the admission
         # gate (which sheds 50 clients at once; tests/traffic covers it).
         async with open_api(db, database_dsn, traffic_management=False) as api:
-            await self._race(api)
+            await api.product("HOT-1", category="toys")
+            conflicts = 0
 
-    async def _race(self, api: Api) -> None:
-        await api.product("HOT-1", category="toys")
-        conflicts = 0
+            async def writer(index: int) -> None:
+                nonlocal conflicts
+                while True:
+                    read = await api.call("GET", "/v1/products/HOT-1")
+                    product = read.json()
+                    attributes = {**product["attributes"], f"writer-{index}": index}
+                    body = {"title": product["title"], "category": product["category"]}
+                    response = await api.call(
+                        "PUT",
+                        "/v1/products/HOT-1",
+                        json={**body, "attributes": attributes},
+                        headers={"If-Match": read.headers["etag"]},
+                    )
+                    if response.status_code == 200:
+                        return
+                    assert response.status_code == 412
+                    conflicts += 1
 
-        async def writer(index: int) -> None:
-            nonlocal conflicts
-            while True:
-                read = await api.call("GET", "/v1/products/HOT-1")
-                product = read.json()
-                attributes = {**product["attributes"], f"writer-{index}": index}
-                body = {"title": product["title"], "category": product["category"]}
-                response = await api.call(
-                    "PUT",
-                    "/v1/products/HOT-1",
-                    json={**body, "attributes": attributes},
-                    headers={"If-Match": read.headers["etag"]},
-                )
-                if response.status_code == 200:
-                    return
-                assert response.status_code == 412
-                conflicts += 1
-
-        await asyncio.gather(*[writer(i) for i in range(50)])
-        final = await api.ok("GET", "/v1/products/HOT-1")
-        assert final["attributes"] == {f"writer-{i}": i for i in range(50)}
-        assert final["version"] == 51
-        assert conflicts > 0  # the writers really did collide
+            await asyncio.gather(*[writer(i) for i in range(50)])
+            final = await api.ok("GET", "/v1/products/HOT-1")
+            assert final["attributes"] == {f"writer-{i}": i for i in range(50)}
+            assert final["version"] == 51
+            assert conflicts > 0  # the writers really did collide
 
     async def test_blind_concurrent_receipts_all_count(self, api: Api) -> None:
         await api.world()

@@ -242,8 +242,8 @@ class WaitingRoom:
     async def tick(self) -> None:
         """Move every event's mark, check its stock, measure its outflow, publish metrics."""
         for event in self._events:
-            sent_at = time.monotonic()
-            answer = await self._db.fetchrow(
+            await self._read(
+                event,
                 "SELECT * FROM waiting_room_tick($1, $2, $3, $4, $5)",
                 event.name,
                 event.rate_per_s,
@@ -251,8 +251,6 @@ class WaitingRoom:
                 list(event.skus),
                 _OUTFLOW_WINDOW_S,
             )
-            assert answer is not None
-            self._take(event, answer, sent_at)
         if time.monotonic() - self._swept_at >= _SWEEP_EVERY_S:
             self._swept_at = time.monotonic()
             for event in self._events:  # no token naming these positions is still valid
@@ -336,23 +334,26 @@ class WaitingRoom:
 
     async def _call(self, function: str, event: SaleEvent, *position: int) -> asyncpg.Record:
         args = ", $4" if position else ""
-        sent_at = time.monotonic()
-        answer = await self._db.fetchrow(
+        return await self._read(
+            event,
             f"SELECT * FROM {function}($1, $2, $3{args})",
             event.name,
             event.rate_per_s,
             event.burst_size,
             *position,
         )
-        assert answer is not None
-        self._take(event, answer, sent_at)
-        return answer
 
-    def _take(self, event: SaleEvent, answer: asyncpg.Record, sent_at: float) -> None:
+    async def _read(self, event: SaleEvent, query: str, *args: object) -> asyncpg.Record:
+        """Run one of the room's functions, whose answer is the event's state, and keep that
+        state as of when the query was sent."""
+        sent_at = time.monotonic()
+        answer = await self._db.fetchrow(query, *args)
+        assert answer is not None
         state = self._state[event.name]
         state.take(answer, sent_at)
         LENGTH.labels(event.name).set(state.issued - state.admitted)
         OUTFLOW.labels(event.name).set(state.outflow)
+        return answer
 
     def _answer(
         self, event: SaleEvent, visit: Visit, position: int | None, issued: RawHeaders
