@@ -71,9 +71,6 @@ def database_dsn(pg_admin_dsn: str) -> Iterator[str]:
     async def create() -> None:
         admin = await asyncpg.connect(pg_admin_dsn)
         await admin.execute(f'CREATE DATABASE "{name}"')
-        # The session's database only: commits need not wait for the WAL flush, since this
-        # server is never crashed under it (the crash tests start servers of their own).
-        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         await admin.close()
         conn = await asyncpg.connect(_with_database(pg_admin_dsn, name))
         await migrate(conn)
